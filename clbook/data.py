@@ -1,0 +1,383 @@
+"""Datasets for the experiments: Iris and MNIST as in-memory tensors, plus digit augmentation.
+
+Conventions
+-----------
+* Everything is returned as whole tensors, because the datasets are small: MNIST images as
+  float32 ``[N, 1, 28, 28]`` in [0, 1], labels as int64 ``[N]``. Training loops slice batches
+  out of them instead of running a per-sample Python ``Dataset``.
+* A :class:`Split` holds a training part and a held-out part. Anything tuned during training
+  (epochs, probe hyper-parameters) is tuned on a validation part carved out of ``X_train`` with
+  :func:`train_val_split`; the held-out part is for the final number only.
+* Data lives in ``<repo>/data`` (override with the ``root`` argument or the ``CLBOOK_DATA``
+  environment variable), so notebooks find it whatever their working directory.
+
+MNIST: :func:`load_mnist` first asks ``torchvision.datasets.MNIST`` for the official 60,000 /
+10,000 split, downloading it when needed. Without network it falls back to the official *test*
+split that ships with the repository in ``data/mnist_t10k/``, divided into 8,000 training and
+2,000 held-out digits (stratified, fixed seed). Either way it prints which data it uses and
+records it in ``Split.source``, and every file is checked against its published MD5 first.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import math
+import os
+import socket
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "Split",
+    "data_dir",
+    "load_iris",
+    "load_mnist",
+    "load_shipped_mnist",
+    "train_val_split",
+    "md5sum",
+    "DigitAugment",
+    "SIMCLR_AUGMENT",
+    "LIGHT_AUGMENT",
+]
+
+# Published checksums (the same ones torchvision verifies after its download).
+MNIST_MD5 = {
+    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+SHIPPED_DIR = "mnist_t10k"
+SOURCE_OFFICIAL = "mnist-official"
+SOURCE_SHIPPED = "mnist-t10k-shipped"
+
+
+@dataclass
+class Split:
+    """A training part and a held-out part of one dataset.
+
+    Attributes
+    ----------
+    X_train, y_train : Tensor, shapes [N, ...] and [N]
+    X_test, y_test : Tensor, shapes [M, ...] and [M]
+        Held-out part: evaluate on it once, at the end.
+    source : str
+        Which data this is, e.g. ``"iris"``, ``"mnist-official"`` or ``"mnist-t10k-shipped"``.
+    classes : list of str
+        Class names, indexed by label.
+    """
+
+    X_train: Tensor
+    y_train: Tensor
+    X_test: Tensor
+    y_test: Tensor
+    source: str
+    classes: list[str]
+
+    def __repr__(self) -> str:
+        return (
+            f"Split(source={self.source!r}, train={tuple(self.X_train.shape)}, "
+            f"test={tuple(self.X_test.shape)}, classes={len(self.classes)})"
+        )
+
+
+# ----------------------------------------------------------------------------- paths and checks
+
+
+def data_dir(root: str | os.PathLike | None = None) -> Path:
+    """Directory holding the datasets.
+
+    Order of precedence: the ``root`` argument, the ``CLBOOK_DATA`` environment variable, then
+    ``data/`` at the repository root (found relative to this file, not the working directory).
+    """
+    if root is not None:
+        return Path(root).expanduser().resolve()
+    env = os.environ.get("CLBOOK_DATA")
+    if env:
+        return Path(env).expanduser().resolve()
+    return Path(__file__).resolve().parent.parent / "data"
+
+
+def md5sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex MD5 digest of a file."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verified(path: Path) -> Path:
+    """Return ``path`` if it exists and matches its published MD5, else raise a clear error."""
+    expected = MNIST_MD5[path.name]
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"MNIST file {path} is missing. The repository ships data/{SHIPPED_DIR}/{path.name}; "
+            "restore it with git, or point CLBOOK_DATA (or root=) at a directory that has it."
+        )
+    actual = md5sum(path)
+    if actual != expected:
+        raise ValueError(
+            f"MNIST file {path} is corrupt: MD5 {actual}, expected {expected}. "
+            "Restore it from git (or delete it so that torchvision downloads it again)."
+        )
+    return path
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read a gzipped IDX file (the MNIST format) into a uint8 array."""
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != math.prod(shape):
+        raise ValueError(f"{path} is truncated: header says {shape}, found {data.size} bytes")
+    return data.reshape(shape)
+
+
+def _to_tensors(images: np.ndarray, labels: np.ndarray) -> tuple[Tensor, Tensor]:
+    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)  # [N, 1, 28, 28]
+    return x, torch.from_numpy(labels.astype(np.int64))
+
+
+def train_val_split(
+    X: Tensor, y: Tensor, val_size: float | int = 0.2, seed: int = 0
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Stratified split of training data into a fitting part and a validation part.
+
+    Parameters
+    ----------
+    X : Tensor, shape [N, ...]
+    y : Tensor, shape [N], integer labels
+    val_size : float in (0, 1) or int
+        Fraction or number of samples for validation.
+    seed : int
+        The split is a deterministic function of the seed.
+
+    Returns
+    -------
+    X_fit, y_fit, X_val, y_val : Tensor
+    """
+    from sklearn.model_selection import train_test_split
+
+    if X.shape[0] != y.shape[0]:
+        raise ValueError(f"X has {X.shape[0]} samples but y has {y.shape[0]} labels")
+    idx_fit, idx_val = train_test_split(
+        np.arange(len(y)), test_size=val_size, random_state=seed, stratify=y.numpy()
+    )
+    idx_fit, idx_val = torch.from_numpy(np.sort(idx_fit)), torch.from_numpy(np.sort(idx_val))
+    return X[idx_fit], y[idx_fit], X[idx_val], y[idx_val]
+
+
+# ----------------------------------------------------------------------------- Iris
+
+
+def load_iris(test_size: float = 0.3, seed: int = 0) -> Split:
+    """Iris (scikit-learn's bundled copy), stratified train/test split, standardized.
+
+    Features are standardized with the mean and standard deviation of the training part only,
+    so nothing about the test part leaks into training. ``X_*`` are float32 ``[n, 4]``.
+    """
+    from sklearn.datasets import load_iris as _sk_load_iris
+    from sklearn.model_selection import train_test_split
+
+    iris = _sk_load_iris()
+    X_tr, X_te, y_tr, y_te = train_test_split(
+        iris.data, iris.target, test_size=test_size, random_state=seed, stratify=iris.target
+    )
+    mean, std = X_tr.mean(axis=0), X_tr.std(axis=0)
+    X_tr, X_te = (X_tr - mean) / std, (X_te - mean) / std
+    as_x = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+    as_y = lambda a: torch.tensor(a, dtype=torch.int64)  # noqa: E731
+    return Split(as_x(X_tr), as_y(y_tr), as_x(X_te), as_y(y_te), "iris", list(iris.target_names))
+
+
+# ----------------------------------------------------------------------------- MNIST
+
+_DIGITS = [str(d) for d in range(10)]
+
+
+def _official_mnist(root: Path, timeout: float) -> Split:
+    """The official MNIST split via torchvision, downloading it into ``root/MNIST`` if needed."""
+    from torchvision.datasets import MNIST
+
+    # urllib has no default timeout; without one a half-open network could hang a notebook.
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)
+    try:
+        train = MNIST(root=str(root), train=True, download=True)
+        test = MNIST(root=str(root), train=False, download=True)
+    finally:
+        socket.setdefaulttimeout(old_timeout)
+    # torchvision checked the archives right after downloading; check them again before use,
+    # since they may have been downloaded long ago or copied in by hand.
+    raw = Path(train.raw_folder)
+    for name in MNIST_MD5:
+        if (raw / name).exists():
+            _verified(raw / name)
+    to_x = lambda t: t.data.float().div(255.0).unsqueeze(1)  # noqa: E731
+    return Split(
+        to_x(train), train.targets.long(), to_x(test), test.targets.long(), SOURCE_OFFICIAL, _DIGITS
+    )
+
+
+def load_shipped_mnist(
+    root: str | os.PathLike | None = None, n_test: int = 2000, seed: int = 0
+) -> Split:
+    """The official MNIST *test* split shipped in ``data/mnist_t10k``, split in two.
+
+    The 10,000 digits are divided, stratified by class and with a fixed seed, into
+    ``10000 - n_test`` training digits and ``n_test`` held-out digits.
+
+    Raises
+    ------
+    FileNotFoundError
+        If a file is missing.
+    ValueError
+        If a file does not match its published MD5 or is malformed.
+    """
+    folder = data_dir(root) / SHIPPED_DIR
+    images = _read_idx(_verified(folder / "t10k-images-idx3-ubyte.gz"))
+    labels = _read_idx(_verified(folder / "t10k-labels-idx1-ubyte.gz"))
+    if images.shape != (10000, 28, 28) or labels.shape != (10000,):
+        raise ValueError(f"unexpected shapes {images.shape}, {labels.shape} in {folder}")
+    X, y = _to_tensors(images, labels)
+    X_tr, y_tr, X_te, y_te = train_val_split(X, y, val_size=n_test, seed=seed)
+    return Split(X_tr, y_tr, X_te, y_te, SOURCE_SHIPPED, _DIGITS)
+
+
+def load_mnist(
+    root: str | os.PathLike | None = None,
+    download: bool = True,
+    timeout: float = 10.0,
+    n_test: int = 2000,
+    seed: int = 0,
+    verbose: bool = True,
+) -> Split:
+    """MNIST as tensors: the official split if torchvision can get it, else the shipped split.
+
+    Parameters
+    ----------
+    root : path, optional
+        Data directory (default: :func:`data_dir`). torchvision uses ``root/MNIST``; the
+        fallback reads ``root/mnist_t10k``.
+    download : bool, default True
+        Try the official split through torchvision (which downloads it if absent). ``False``
+        goes straight to the shipped split.
+    timeout : float, default 10
+        Socket timeout in seconds for the download attempt.
+    n_test, seed
+        Size of the held-out part and seed of the division, for the shipped split only.
+    verbose : bool, default True
+        Print which data is used.
+
+    Returns
+    -------
+    Split
+        ``source`` is ``"mnist-official"`` (60,000 train / 10,000 test) or
+        ``"mnist-t10k-shipped"`` (8,000 train / 2,000 held out by default).
+    """
+    root = data_dir(root)
+    if download:
+        try:
+            split = _official_mnist(root, timeout)
+        except (RuntimeError, OSError) as err:  # URLError is an OSError
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+            warnings.warn(
+                f"Official MNIST unavailable ({first_line}); using the test split shipped in "
+                f"{root / SHIPPED_DIR} instead.",
+                stacklevel=2,
+            )
+        else:
+            if verbose:
+                print(f"MNIST: official split from {root / 'MNIST'} ({split.source}), "
+                      f"{len(split.y_train)} train / {len(split.y_test)} test digits")
+            return split
+    split = load_shipped_mnist(root, n_test=n_test, seed=seed)
+    if verbose:
+        print(f"MNIST: shipped official test split ({split.source}), divided into "
+              f"{len(split.y_train)} train / {len(split.y_test)} held-out digits")
+    return split
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+@dataclass
+class DigitAugment:
+    """Random per-sample affine augmentation of a batch of images.
+
+    Each image gets its own random resized crop (area fraction in ``scale``, aspect ratio in
+    ``ratio``), rotation (uniform in +-``degrees``) and translation (uniform in +-``translate``
+    of the image size), applied in one ``affine_grid`` / ``grid_sample`` call. There are no flips:
+    a mirrored 2 is not a 2. Pixels pulled from outside the image are zero (background).
+
+    Why not torchvision transforms on the batch tensor: v2 transforms draw *one* set of
+    parameters per call, so every image of the batch would get the same crop, and the two views
+    of a positive pair would differ in exactly the same way as every other pair.
+
+    Parameters
+    ----------
+    scale : (float, float)
+        Range of the crop's area as a fraction of the image.
+    ratio : (float, float)
+        Range of the crop's aspect ratio (sampled log-uniformly).
+    degrees : float
+        Maximum absolute rotation in degrees.
+    translate : float
+        Maximum absolute shift as a fraction of the image size.
+    """
+
+    scale: tuple[float, float] = (0.5, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    degrees: float = 15.0
+    translate: float = 0.1
+
+    def matrices(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Random affine matrices ``[n, 2, 3]`` mapping output to input coordinates in [-1, 1]."""
+        u = torch.rand(n, 5, generator=generator)
+        area = self.scale[0] + (self.scale[1] - self.scale[0]) * u[:, 0]
+        log_r = math.log(self.ratio[0]) + (math.log(self.ratio[1]) - math.log(self.ratio[0])) * u[:, 1]
+        aspect = torch.exp(log_r)
+        # Crop width and height as fractions of the image; clamp so the crop fits.
+        w = torch.sqrt(area * aspect).clamp(max=1.0)
+        h = torch.sqrt(area / aspect).clamp(max=1.0)
+        # Crop centre anywhere the crop stays inside the image, then an extra small shift.
+        cx = (1 - w) * (2 * u[:, 2] - 1) + self.translate * 2 * (2 * torch.rand(n, generator=generator) - 1)
+        cy = (1 - h) * (2 * u[:, 3] - 1) + self.translate * 2 * (2 * torch.rand(n, generator=generator) - 1)
+        angle = math.radians(self.degrees) * (2 * u[:, 4] - 1)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        # input = R(angle) @ diag(w, h) @ output + centre
+        theta = torch.stack(
+            [torch.stack([cos * w, -sin * h, cx], dim=1), torch.stack([sin * w, cos * h, cy], dim=1)],
+            dim=1,
+        )
+        return theta
+
+    def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Augment a batch ``x`` of shape [N, C, H, W]; returns a new tensor of the same shape."""
+        if x.dim() != 4:
+            raise ValueError(f"expected images of shape [N, C, H, W], got {tuple(x.shape)}")
+        theta = self.matrices(x.shape[0], generator).to(device=x.device, dtype=x.dtype)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    def two_views(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Two independently augmented views of every image in ``x``."""
+        return self(x, generator), self(x, generator)
+
+
+# Strong enough that SimCLR cannot solve its task by matching pixels.
+SIMCLR_AUGMENT = DigitAugment(scale=(0.4, 1.0), degrees=20.0, translate=0.1)
+# Mild: with labels SupCon needs no hard pretext task, only some invariance.
+LIGHT_AUGMENT = DigitAugment(scale=(0.8, 1.0), degrees=10.0, translate=0.05)

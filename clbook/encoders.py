@@ -1,0 +1,132 @@
+"""Encoders for the experiments and the projection head used during contrastive pre-training.
+
+Every encoder maps a batch to features ``[N, out_dim]``; that output is what linear probes,
+kNN and t-SNE look at. The contrastive loss is applied after a :class:`ProjectionHead`, which is
+thrown away after pre-training (Chen et al., 2020; Khosla et al., 2020): the head may discard
+information the loss does not need, the features below it keep more of it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["MLPEncoder", "ConvEncoder", "FCEncoder", "ProjectionHead", "make_encoder", "ENCODERS"]
+
+
+def _check_input(x: Tensor, trailing: tuple[int, ...], name: str) -> None:
+    if x.dim() != len(trailing) + 1 or tuple(x.shape[1:]) != trailing:
+        raise ValueError(f"{name} expects input of shape [N, {', '.join(map(str, trailing))}], "
+                         f"got {tuple(x.shape)}")
+
+
+class MLPEncoder(nn.Module):
+    """Small MLP for tabular data (Iris): ``in_dim -> hidden -> hidden -> out_dim``.
+
+    Parameters
+    ----------
+    in_dim : int, default 4
+    hidden : int, default 64
+    out_dim : int, default 16
+
+    Shapes: input ``[N, in_dim]``, output ``[N, out_dim]``.
+    """
+
+    def __init__(self, in_dim: int = 4, hidden: int = 64, out_dim: int = 16) -> None:
+        super().__init__()
+        self.in_dim, self.out_dim = in_dim, out_dim
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.ReLU(),
+            nn.Linear(hidden, hidden), nn.ReLU(),
+            nn.Linear(hidden, out_dim),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_input(x, (self.in_dim,), type(self).__name__)
+        return self.net(x)
+
+
+class ConvEncoder(nn.Module):
+    """Small CNN for 28x28 digits: two conv-pool blocks and a 128-d linear layer.
+
+    ``[N, 1, 28, 28] -> conv3x3(32) BN ReLU pool -> conv3x3(64) BN ReLU pool -> [N, 64*7*7]
+    -> linear -> [N, out_dim]``. Batch norm speeds up training; an untrained network in eval
+    mode has running statistics 0 and 1, so there it is the identity.
+
+    Parameters
+    ----------
+    out_dim : int, default 128
+    channels : (int, int), default (32, 64)
+    """
+
+    def __init__(self, out_dim: int = 128, channels: tuple[int, int] = (32, 64)) -> None:
+        super().__init__()
+        c1, c2 = channels
+        self.out_dim = out_dim
+        self.features = nn.Sequential(
+            nn.Conv2d(1, c1, 3, padding=1), nn.BatchNorm2d(c1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 3, padding=1), nn.BatchNorm2d(c2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(),
+        )
+        self.fc = nn.Linear(c2 * 7 * 7, out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_input(x, (1, 28, 28), type(self).__name__)
+        return self.fc(self.features(x))
+
+
+class FCEncoder(nn.Module):
+    """Fully connected encoder for 28x28 digits: ``784 -> hidden -> out_dim``.
+
+    Without convolutions it has no built-in notion that neighbouring pixels belong together,
+    so an untrained one is a much weaker baseline than an untrained CNN.
+
+    Parameters
+    ----------
+    out_dim : int, default 128
+    hidden : int, default 512
+    """
+
+    def __init__(self, out_dim: int = 128, hidden: int = 512) -> None:
+        super().__init__()
+        self.out_dim = out_dim
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(28 * 28, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+            nn.Linear(hidden, out_dim),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_input(x, (1, 28, 28), type(self).__name__)
+        return self.net(x)
+
+
+class ProjectionHead(nn.Module):
+    """MLP head ``in_dim -> hidden -> out_dim`` on which the contrastive loss is computed.
+
+    Shapes: input ``[N, in_dim]``, output ``[N, out_dim]`` (not normalized; the losses do that).
+    """
+
+    def __init__(self, in_dim: int = 128, hidden: int = 128, out_dim: int = 64) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+ENCODERS = {"mlp": MLPEncoder, "cnn": ConvEncoder, "fc": FCEncoder}
+
+
+def make_encoder(kind: str, seed: int | None = None, **kwargs) -> nn.Module:
+    """Build an encoder by name (``"mlp"``, ``"cnn"`` or ``"fc"``), seeded if ``seed`` is given.
+
+    Two calls with the same seed give identical weights, which is what makes a "random twin"
+    reproducible.
+    """
+    if kind not in ENCODERS:
+        raise ValueError(f"unknown encoder {kind!r}; choose one of {sorted(ENCODERS)}")
+    if seed is None:
+        return ENCODERS[kind](**kwargs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ENCODERS[kind](**kwargs)
