@@ -1,0 +1,470 @@
+"""Time and memory of contrastive losses: clbook against the fused form and the reference libraries.
+
+Run from the repository root::
+
+    python benchmarks/bench_losses.py            # N = 256, 1024, 4096 (a few minutes)
+    python benchmarks/bench_losses.py --quick    # tiny sizes, a few seconds (what CI runs)
+
+What is measured
+----------------
+Forward plus backward of one loss call on the same float32 CPU inputs, D = 128:
+
+* **NT-Xent at size N**: ``z1``, ``z2`` of shape [N, D], so 2N rows in the similarity matrix.
+  Compared: ``clbook.losses.nt_xent_loss``; the *fused form* (normalize -> matmul -> diagonal
+  set to -inf -> ``cross_entropy``) written out below; the naive teaching version of notebook 02
+  (``clbook.reference.naive_nt_xent_loss``); pytorch-metric-learning's ``NTXentLoss``.
+* **SupCon at size N**: N rows, that is N/2 samples with 2 views each (``features`` [N/2, 2, D]),
+  with labels from 10 classes, from 100 classes, or none (then only the other view is a
+  positive). Compared: ``clbook.losses.supcon_loss``; the fused NT-Xent form on the same N rows
+  (the cost floor: one similarity matrix and one softmax); the SupContrast reference's
+  algorithm (``clbook.reference.supcontrast_loss``); pytorch-metric-learning's ``SupConLoss``.
+
+Time is the median of ``--repeats`` runs after warm-up. Repeats are interleaved (round-robin over
+the implementations, starting point rotated each round) so that background load on a shared
+machine hits every implementation alike; compare only figures from the same run.
+
+Peak memory is measured in a child process per case, forked from a clean server process (torch has no allocation counter
+on CPU): the child tells glibc to serve every block of 64 kB or more from its own mapping, so
+that freed tensors leave the resident set at once; it builds the inputs, runs one small
+warm-up, resets the kernel's high-water mark of its resident set (``/proc/self/clear_refs``),
+runs forward plus backward once, and reports ``VmHWM - VmRSS``, the growth of the resident set
+above what it held just before. That counts every byte the call made resident, the autograd
+graph and the input gradients included, and nothing allocated before. Each child runs under a
+data limit (``RLIMIT_DATA``) so that a case that would blow up fails instead of swapping the
+machine, and cases whose estimated peak exceeds ``--max-gb`` are skipped with the reason
+printed (pytorch-metric-learning's ``NTXentLoss`` builds a positive-by-negative pair tensor,
+so its memory grows with the cube of N).
+
+Figures go to stdout (a table with medians and ratios to clbook) and to JSON
+(``benchmarks/results/losses.json`` by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # so that "python benchmarks/bench_losses.py" finds clbook
+
+from clbook.losses import nt_xent_loss, supcon_loss  # noqa: E402
+from clbook.reference import naive_nt_xent_loss, supcontrast_loss  # noqa: E402
+
+D = 128
+GB = 1024**3
+MB = 1024**2
+
+
+# ----------------------------------------------------------------------------- machine
+
+
+def machine_info() -> dict:
+    """CPU model, core count, memory and library versions, for the record next to the figures."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem_gb = round(int(line.split()[1]) / 1024**2, 1)
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "memory_gb": mem_gb,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+# ----------------------------------------------------------------------------- implementations
+
+
+def fused_nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The fused form: normalize -> matmul -> diagonal -inf -> cross-entropy. The cost floor."""
+    n = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    logits = z @ z.T
+    logits.div_(temperature)
+    logits.fill_diagonal_(float("-inf"))
+    return F.cross_entropy(logits, torch.arange(2 * n).roll(n))
+
+
+def _pml():
+    try:
+        from pytorch_metric_learning import losses
+    except ImportError:  # optional: the benchmark still runs without it
+        return None
+    return losses
+
+
+@dataclass
+class Impl:
+    name: str
+    # Builds the loss from the case's inputs; called inside the timed region.
+    loss: Callable[[dict], torch.Tensor]
+    # Peak memory estimate in bytes for m rows (calibrated on small runs, rounded up).
+    estimate: Callable[[int], float]
+    same_value: bool = True  # should equal clbook's loss on these inputs
+
+
+def _sq(k: float) -> Callable[[int], float]:
+    return lambda m: k * 4 * m * m  # k float32 [m, m] matrices
+
+
+def nt_xent_impls() -> list[Impl]:
+    t = 0.5
+    impls = [
+        Impl("clbook nt_xent_loss", lambda x: nt_xent_loss(x["z1"], x["z2"], t), _sq(4)),
+        Impl("fused form", lambda x: fused_nt_xent(x["z1"], x["z2"], t), _sq(4)),
+        Impl("naive (notebook 02)", lambda x: naive_nt_xent_loss(x["z1"], x["z2"], t), _sq(8)),
+    ]
+    pml = _pml()
+    if pml is not None:
+        loss = pml.NTXentLoss(temperature=t)
+
+        def pml_ntxent(x):
+            n = x["z1"].shape[0]
+            return loss(torch.cat([x["z1"], x["z2"]]), torch.arange(n).repeat(2))
+
+        # [pairs, negatives] = [m, m * (m - 2)] tensors; measured ~22 bytes per element at m <= 256.
+        impls.append(Impl("pytorch-metric-learning NTXentLoss", pml_ntxent, lambda m: 24.0 * m**3))
+    return impls
+
+
+def supcon_impls(with_labels: bool) -> list[Impl]:
+    t = 0.1
+
+    def labels(x):
+        return x["labels"] if with_labels else None
+
+    impls = [
+        Impl("clbook supcon_loss", lambda x: supcon_loss(x["features"], labels(x), temperature=t), _sq(4)),
+        Impl(
+            "fused form (same rows)",
+            lambda x: fused_nt_xent(x["features"][:, 0], x["features"][:, 1], t),
+            _sq(4),
+            same_value=not with_labels,
+        ),
+        Impl(
+            "SupContrast reference",
+            lambda x: supcontrast_loss(F.normalize(x["features"], dim=2), labels(x), temperature=t, base_temperature=t),
+            _sq(12),
+        ),
+    ]
+    pml = _pml()
+    if pml is not None:
+        loss = pml.SupConLoss(temperature=t)
+
+        def pml_supcon(x):
+            f = x["features"]
+            n = f.shape[0]
+            sample_labels = x["labels"] if with_labels else torch.arange(n)
+            # View-major rows, as clbook and SupContrast order them.
+            return loss(f.transpose(0, 1).reshape(2 * n, -1), sample_labels.repeat(2))
+
+        # Float masks plus int64 index lists of every positive and negative pair.
+        impls.append(Impl("pytorch-metric-learning SupConLoss", pml_supcon, _sq(22)))
+    return impls
+
+
+def groups() -> list[dict]:
+    """The benchmark groups; ``rows(n)`` is the side of the similarity matrix at size n."""
+    return [
+        {"key": "nt_xent", "title": "NT-Xent (z1, z2 [N, D]; 2N rows)", "classes": None, "rows": lambda n: 2 * n,
+         "impls": nt_xent_impls},
+        {"key": "supcon_10", "title": "SupCon, 10 classes (N rows = N/2 samples x 2 views)", "classes": 10,
+         "rows": lambda n: n, "impls": lambda: supcon_impls(True)},
+        {"key": "supcon_100", "title": "SupCon, 100 classes (N rows = N/2 samples x 2 views)", "classes": 100,
+         "rows": lambda n: n, "impls": lambda: supcon_impls(True)},
+        {"key": "supcon_unlabelled", "title": "SupCon, no labels (N rows = N/2 samples x 2 views)", "classes": 0,
+         "rows": lambda n: n, "impls": lambda: supcon_impls(False)},
+    ]
+
+
+def make_inputs(group: dict, n: int, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    if group["key"] == "nt_xent":
+        return {
+            "z1": torch.randn(n, D, generator=g).requires_grad_(),
+            "z2": torch.randn(n, D, generator=g).requires_grad_(),
+        }
+    x = {"features": torch.randn(n // 2, 2, D, generator=g).requires_grad_()}
+    if group["classes"]:
+        x["labels"] = torch.randint(group["classes"], (n // 2,), generator=g)
+    return x
+
+
+def step(impl: Impl, x: dict) -> float:
+    """One forward plus backward; returns the loss value."""
+    for t in x.values():
+        if t.requires_grad:
+            t.grad = None
+    loss = impl.loss(x)
+    loss.backward()
+    return loss.item()
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+try:
+    _LIBC = ctypes.CDLL("libc.so.6")
+except OSError:  # not glibc: measure without tuning the allocator
+    _LIBC = None
+_M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
+
+
+def _memory_child(group_index: int, impl_index: int, n: int, max_bytes: float, queue) -> None:
+    try:
+        if _LIBC is not None:
+            # A fixed threshold (which also turns off glibc's adaptive one): every block of 64 kB or
+            # more is its own mapping, returned to the system when freed. Peak RSS then follows
+            # the live tensors instead of whatever freed memory the heap happens to retain.
+            _LIBC.mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
+        group = groups()[group_index]
+        impl = group["impls"]()[impl_index]
+        step(impl, make_inputs(group, min(n, 64), seed=1))  # load code paths at a negligible size
+        x = make_inputs(group, n)
+        if _LIBC is not None:
+            _LIBC.malloc_trim(0)  # hand freed heap pages back, so that reuse cannot hide growth
+        # The data limit counts address space, which runs ahead of what is resident: leave headroom.
+        limit = int(_status_kb("VmData") * 1024 + 1.5 * max_bytes + 512 * MB)
+        soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current resident set
+        before = _status_kb("VmRSS")
+        step(impl, x)
+        queue.put(("ok", (_status_kb("VmHWM") - before) * 1024))
+    except Exception as e:  # an allocation refused by the limit lands here
+        queue.put(("error", f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"))
+
+
+def peak_memory(group_index: int, impl_index: int, n: int, max_bytes: float) -> tuple[float | None, str]:
+    """Peak resident-set growth of one forward plus backward, measured in a forked child."""
+    # forkserver, not fork: children start from a clean server process, so they inherit neither
+    # this process's heap nor its OpenMP thread pool (which deadlocks a child forked after use).
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "clbook.losses", "clbook.reference"])
+    queue = ctx.Queue()
+    p = ctx.Process(target=_memory_child, args=(group_index, impl_index, n, max_bytes, queue))
+    p.start()
+    p.join()
+    if queue.empty():
+        return None, f"child exited with code {p.exitcode}"
+    status, value = queue.get()
+    return (value, "") if status == "ok" else (None, value)
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def run(sizes: list[int], repeats: int, warmup: int, max_gb: float, out: Path | None) -> dict:
+    max_bytes = max_gb * GB
+    result = {"machine": machine_info(), "settings": {"sizes": sizes, "D": D, "dtype": "float32", "repeats": repeats,
+              "warmup": warmup, "max_gb": max_gb, "torch_threads": torch.get_num_threads()}, "groups": []}
+    print(f"machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, torch "
+          f"{result['machine']['torch']} ({torch.get_num_threads()} threads), load average "
+          f"{result['machine']['load_average_at_start']}")
+    print(f"forward + backward, D = {D}, float32, median of {repeats} interleaved repeats after {warmup} warm-up\n")
+    # Phase 1, memory: every case in its own forked child, before this process has run (and freed)
+    # anything large whose pages the children would inherit.
+    plan = []
+    for gi, group in enumerate(groups()):
+        impls = group["impls"]()
+        for n in sizes:
+            m = group["rows"](n)
+            entries = []
+            for ii, impl in enumerate(impls):
+                e = {"impl": impl.name, "estimate_mb": round(impl.estimate(m) / MB, 1)}
+                if impl.estimate(m) > max_bytes:
+                    e["skipped"] = (f"estimated peak {impl.estimate(m) / GB:.1f} GB > --max-gb {max_gb:g} "
+                                    f"({m} rows)")
+                else:
+                    print(f"  measuring peak memory: {group['key']}, N = {n}, {impl.name}", end="\r",
+                          file=sys.stderr, flush=True)
+                    peak, err = peak_memory(gi, ii, n, max_bytes)
+                    if peak is None:
+                        e["skipped"] = f"memory run failed: {err}"
+                    else:
+                        e["peak_mb"] = round(peak / MB, 1)
+                entries.append(e)
+            plan.append((group, impls, n, m, entries))
+    print(" " * 100, end="\r", file=sys.stderr, flush=True)
+    # Phase 2, time: only the cases whose memory run succeeded.
+    for group, impls, n, m, entries in plan:
+        live = [(impl, e) for impl, e in zip(impls, entries) if "skipped" not in e]
+        if not live:
+            result["groups"].append({"group": group["key"], "title": group["title"], "n": n, "rows": m,
+                                     "entries": entries})
+            print_block(group["title"], n, m, entries)
+            continue
+        x = make_inputs(group, n)
+        values = {}
+        for impl, e in live:
+            for _ in range(warmup):
+                values[impl.name] = step(impl, x)
+        times = {impl.name: [] for impl, _ in live}
+        for r in range(repeats):
+            order = live[r % len(live):] + live[: r % len(live)]
+            for impl, _ in order:
+                t0 = time.perf_counter()
+                step(impl, x)
+                times[impl.name].append(time.perf_counter() - t0)
+        base_value = values.get(impls[0].name)
+        for impl, e in live:
+            e["median_s"] = statistics.median(times[impl.name])
+            e["times_s"] = [round(t, 5) for t in times[impl.name]]
+            e["loss"] = values[impl.name]
+            if impl.same_value and base_value is not None:
+                e["abs_diff_to_clbook"] = abs(values[impl.name] - base_value)
+        base = entries[0]
+        for e in entries:
+            if "median_s" in e and "median_s" in base:
+                e["time_ratio"] = e["median_s"] / base["median_s"]
+            if "peak_mb" in e and "peak_mb" in base and base["peak_mb"] > 0:
+                e["memory_ratio"] = e["peak_mb"] / base["peak_mb"]
+        result["groups"].append({"group": group["key"], "title": group["title"], "n": n, "rows": m,
+                                 "entries": entries})
+        print_block(group["title"], n, m, entries)
+    result["targets"] = check_targets(result, sizes)
+    print_targets(result["targets"])
+    print("\nMarkdown for the README:\n")
+    print(markdown(result))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"\nwrote {out}")
+    return result
+
+
+def check_targets(result: dict, sizes: list[int]) -> list[dict]:
+    """The issue's targets: within 1.1x of the fused form everywhere; 3x time, 2x memory vs PML SupCon."""
+    checks = []
+    for block in result["groups"]:
+        by = {e["impl"]: e for e in block["entries"]}
+        clb = block["entries"][0]
+        fused = next(e for name, e in by.items() if name.startswith("fused form"))
+        for what, key in (("time", "median_s"), ("memory", "peak_mb")):
+            if key in clb and key in fused:
+                ratio = clb[key] / fused[key]
+                checks.append({"group": block["group"], "n": block["n"], "target": f"{what} <= 1.1x fused form",
+                               "value": round(ratio, 3), "ok": ratio <= 1.1})
+        pml = by.get("pytorch-metric-learning SupConLoss")
+        if pml is not None and block["n"] == max(sizes):
+            for what, key, need in (("time", "median_s", 3.0), ("memory", "peak_mb", 2.0)):
+                if key in pml and key in clb:
+                    ratio = pml[key] / clb[key]
+                    checks.append({"group": block["group"], "n": block["n"],
+                                   "target": f"PML SupConLoss {what} >= {need:g}x clbook", "value": round(ratio, 2),
+                                   "ok": ratio >= need})
+    return checks
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def _fmt_time(e: dict) -> str:
+    return f"{e['median_s'] * 1e3:9.1f} ms" if "median_s" in e else "        -   "
+
+
+def print_block(title: str, n: int, m: int, entries: list[dict]) -> None:
+    print(f"{title}, N = {n} ({m} x {m} similarities)")
+    print(f"  {'implementation':36s} {'median':>12s} {'x clbook':>9s} {'peak MB':>9s} {'x clbook':>9s}  |loss diff|")
+    for e in entries:
+        if "skipped" in e:
+            print(f"  {e['impl']:36s} skipped: {e['skipped']}")
+            continue
+        tr = f"{e['time_ratio']:.2f}" if "time_ratio" in e else "-"
+        mr = f"{e['memory_ratio']:.2f}" if "memory_ratio" in e else "-"
+        diff = f"{e['abs_diff_to_clbook']:.1e}" if "abs_diff_to_clbook" in e else "(other loss)"
+        print(f"  {e['impl']:36s} {_fmt_time(e)} {tr:>9s} {e['peak_mb']:9.1f} {mr:>9s}  {diff}")
+    print()
+
+
+def print_targets(checks: list[dict]) -> None:
+    print("targets:")
+    for c in checks:
+        print(f"  [{'ok' if c['ok'] else 'MISSED'}] {c['group']:18s} N = {c['n']:5d}  {c['target']:34s} {c['value']}")
+
+
+def markdown(result: dict) -> str:
+    mach = result["machine"]
+    s = result["settings"]
+    lines = [
+        f"Forward plus backward, D = {s['D']}, float32, median of {s['repeats']} interleaved repeats; "
+        f"{mach['cpu']}, {mach['cores']} cores, torch {mach['torch']} ({s['torch_threads']} threads). "
+        "Ratios are to clbook in the same run.",
+        "",
+        "| loss | N | rows | implementation | time (ms) | x clbook | peak memory (MB) | x clbook |",
+        "|---|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for block in result["groups"]:
+        for e in block["entries"]:
+            if "skipped" in e:
+                row = [block["group"], block["n"], block["rows"], e["impl"], "skipped", "", "", ""]
+            else:
+                row = [block["group"], block["n"], block["rows"], e["impl"], f"{e['median_s'] * 1e3:.1f}",
+                       f"{e.get('time_ratio', float('nan')):.2f}", f"{e['peak_mb']:.0f}",
+                       f"{e.get('memory_ratio', float('nan')):.2f}"]
+            lines.append("| " + " | ".join(str(c) for c in row) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (a few seconds; for CI)")
+    parser.add_argument("--sizes", type=int, nargs="+", help="sizes N (default 256 1024 4096; quick: 64 128)")
+    parser.add_argument("--repeats", type=int, help="timed repeats per implementation (default 7; quick: 3)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per implementation first")
+    parser.add_argument("--max-gb", type=float, default=3.5, help="skip cases whose estimated peak exceeds this")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice, one per core); "
+                        "on a machine busy with other work, 1 gives far steadier ratios")
+    parser.add_argument("--out", type=Path, help="JSON file (default benchmarks/results/losses[_quick].json)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sizes = args.sizes or ([64, 128] if args.quick else [256, 1024, 4096])
+    if any(n < 4 or n % 2 for n in sizes):
+        parser.error("sizes must be even and at least 4 (SupCon uses N/2 samples with 2 views)")
+    repeats = args.repeats or (3 if args.quick else 7)
+    out = args.out or REPO / "benchmarks" / "results" / ("losses_quick.json" if args.quick else "losses.json")
+    return run(sizes, repeats, args.warmup, args.max_gb, out)
+
+
+if __name__ == "__main__":
+    main()
