@@ -49,23 +49,23 @@ class MLPEncoder(nn.Module):
 class ConvEncoder(nn.Module):
     """Small CNN for 28x28 digits: two conv-pool blocks and a 128-d linear layer.
 
-    ``[N, 1, 28, 28] -> conv3x3(32) BN ReLU pool -> conv3x3(64) BN ReLU pool -> [N, 64*7*7]
-    -> linear -> [N, out_dim]``. Batch norm speeds up training; an untrained network in eval
-    mode has running statistics 0 and 1, so there it is the identity.
+    ``[N, 1, 28, 28] -> conv3x3(16) ReLU maxpool -> conv3x3(32) ReLU maxpool -> [N, 32*7*7]
+    -> linear -> [N, out_dim]``. Narrow on purpose: an epoch over 8,000 digits in two views
+    then takes seconds on a laptop CPU, and it is still enough for MNIST.
 
     Parameters
     ----------
     out_dim : int, default 128
-    channels : (int, int), default (32, 64)
+    channels : (int, int), default (16, 32)
     """
 
-    def __init__(self, out_dim: int = 128, channels: tuple[int, int] = (32, 64)) -> None:
+    def __init__(self, out_dim: int = 128, channels: tuple[int, int] = (16, 32)) -> None:
         super().__init__()
         c1, c2 = channels
         self.out_dim = out_dim
         self.features = nn.Sequential(
-            nn.Conv2d(1, c1, 3, padding=1), nn.BatchNorm2d(c1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(c1, c2, 3, padding=1), nn.BatchNorm2d(c2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Flatten(),
         )
         self.fc = nn.Linear(c2 * 7 * 7, out_dim)

@@ -1,0 +1,496 @@
+"""Pre-training, frozen-feature evaluation (linear probe and kNN), seeds and history plots.
+
+Evaluation hygiene, used throughout the course
+----------------------------------------------
+1. Pre-train on the training data. If a validation set is given, :func:`pretrain` measures kNN
+   accuracy on it after every epoch and keeps the weights of the best epoch: the number of
+   epochs is chosen on validation data.
+2. :func:`evaluate_frozen` carves a validation part out of the training features, picks the
+   probe's weight decay and kNN's k on it, refits on all training features, and only then looks
+   at the held-out data, once.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm  # plain text bar: no ipywidgets needed, renders in notebooks too
+
+from clbook.losses import nt_xent_loss, supcon_loss
+
+__all__ = [
+    "set_seed",
+    "single_thread",
+    "extract_features",
+    "History",
+    "pretrain",
+    "knn_predict",
+    "knn_accuracy",
+    "LinearProbe",
+    "fit_linear_probe",
+    "evaluate_frozen",
+    "plot_history",
+    "plot_probe",
+]
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch so that a run can be repeated exactly on one machine."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@contextmanager
+def single_thread():
+    """Run small tensor operations on one thread.
+
+    A linear probe multiplies matrices of a few thousand by a hundred; splitting that across
+    threads costs more than it saves, and on a busy machine (other processes on the cores)
+    OpenMP's waiting threads made it 10-30 times slower in our measurements.
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+@torch.no_grad()
+def extract_features(encoder: nn.Module, X: Tensor, batch_size: int = 1024) -> Tensor:
+    """Features of a frozen encoder: ``[N, ...] -> [N, D]``, computed in eval mode, no gradients.
+
+    The encoder's train/eval mode is restored afterwards.
+    """
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        out = [encoder(X[i : i + batch_size]) for i in range(0, X.shape[0], batch_size)]
+    finally:
+        encoder.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+# ----------------------------------------------------------------------------- kNN
+
+
+def _check_xy(feats: Tensor, y: Tensor, name: str) -> None:
+    if feats.dim() != 2:
+        raise ValueError(f"{name} features must have shape [N, D], got {tuple(feats.shape)}")
+    if y.dim() != 1 or y.shape[0] != feats.shape[0]:
+        raise ValueError(f"{name} labels must have shape [{feats.shape[0]}], got {tuple(y.shape)}")
+
+
+def knn_predict(train_feats: Tensor, train_y: Tensor, query_feats: Tensor, k: int = 10) -> Tensor:
+    """k-nearest-neighbour labels by cosine similarity, majority vote (ties: smallest label).
+
+    Parameters
+    ----------
+    train_feats : Tensor, shape [N, D]
+    train_y : Tensor, shape [N], integer labels >= 0
+    query_feats : Tensor, shape [M, D]
+    k : int
+
+    Returns
+    -------
+    Tensor, shape [M], int64
+    """
+    _check_xy(train_feats, train_y, "train")
+    if not 1 <= k <= train_feats.shape[0]:
+        raise ValueError(f"k must be in [1, {train_feats.shape[0]}], got {k}")
+    ref = F.normalize(train_feats.float(), dim=1)
+    n_classes = int(train_y.max()) + 1
+    preds = []
+    for i in range(0, query_feats.shape[0], 1024):  # bounded memory: [1024, N] similarities
+        sim = F.normalize(query_feats[i : i + 1024].float(), dim=1) @ ref.T
+        idx = sim.topk(k, dim=1).indices  # [m, k]
+        votes = F.one_hot(train_y[idx].long(), n_classes).sum(dim=1)  # [m, C]
+        preds.append(votes.argmax(dim=1))  # argmax returns the first maximum: smallest label
+    return torch.cat(preds)
+
+
+def knn_accuracy(train_feats: Tensor, train_y: Tensor, test_feats: Tensor, test_y: Tensor, k: int = 10) -> float:
+    """Fraction of ``test_feats`` whose kNN label (see :func:`knn_predict`) equals ``test_y``."""
+    _check_xy(test_feats, test_y, "test")
+    return (knn_predict(train_feats, train_y, test_feats, k) == test_y).float().mean().item()
+
+
+# ----------------------------------------------------------------------------- pre-training
+
+
+@dataclass
+class History:
+    """What happened during :func:`pretrain`.
+
+    Attributes
+    ----------
+    loss : list of float
+        Mean training loss of each epoch.
+    val_acc : list of float
+        kNN accuracy on the validation set after each epoch (empty without validation data).
+    best_epoch : int
+        1-based epoch whose weights were kept (the last one without validation data).
+    seconds : float
+        Wall-clock training time.
+    """
+
+    loss: list[float] = field(default_factory=list)
+    val_acc: list[float] = field(default_factory=list)
+    best_epoch: int = 0
+    seconds: float = 0.0
+
+
+LossFn = Callable[[Tensor, Tensor | None], Tensor]
+
+
+def _loss_for(method: str | LossFn, temperature: float) -> LossFn:
+    """Loss on projections ``z`` of shape [B, V, D] and labels ``y`` [B] (or None)."""
+    if callable(method):
+        return method
+    if method == "supcon":
+        return lambda z, y: supcon_loss(z, labels=y, temperature=temperature)
+    if method == "simclr":
+        def simclr(z: Tensor, y: Tensor | None) -> Tensor:
+            if z.shape[1] != 2:
+                raise ValueError("SimCLR needs exactly two views; pass an augment")
+            return nt_xent_loss(z[:, 0], z[:, 1], temperature=temperature)
+        return simclr
+    raise ValueError(f"unknown method {method!r}; use 'supcon', 'simclr' or a callable")
+
+
+def pretrain(
+    encoder: nn.Module,
+    head: nn.Module,
+    X: Tensor,
+    y: Tensor | None = None,
+    *,
+    method: str | LossFn = "supcon",
+    epochs: int = 20,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    cosine: bool = True,
+    temperature: float = 0.1,
+    augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
+    val: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
+    knn_k: int = 10,
+    seed: int = 0,
+    progress: bool = True,
+) -> History:
+    """Contrastive pre-training of ``encoder`` with a projection ``head``, in place.
+
+    Parameters
+    ----------
+    encoder, head : nn.Module
+        The loss is computed on ``head(encoder(x))``; only the encoder is kept afterwards.
+    X : Tensor, shape [N, ...]
+        Training inputs, whole, in memory.
+    y : Tensor, shape [N], optional
+        Labels. Required for ``"supcon"``, ignored by ``"simclr"`` (self-supervised).
+    method : {"supcon", "simclr"} or callable
+        ``"supcon"``: :func:`clbook.losses.supcon_loss` with labels. ``"simclr"``:
+        :func:`clbook.losses.nt_xent_loss` on two augmented views, no labels. A callable gets
+        projections ``z`` of shape [B, V, D] and labels [B] (or None) and returns a scalar.
+    epochs, batch_size, lr, weight_decay
+        Adam optimisation settings. The last incomplete batch is dropped, so that every batch
+        has enough negatives.
+    cosine : bool, default True
+        Decay the learning rate from ``lr`` to 0 along a cosine over all steps (as in the SimCLR
+        and SupCon papers); the last epochs then refine instead of jumping around.
+    temperature : float, default 0.1
+    augment : callable, optional
+        ``augment(x_batch, generator) -> x_batch`` drawing fresh randomness per sample, e.g.
+        :class:`clbook.data.DigitAugment`. With it every sample contributes two views; without
+        it, one (SupCon with labels still has positives: the other samples of its class).
+    val : (X_ref, y_ref, X_val, y_val), optional
+        Reference and validation sets for monitoring: after each epoch, kNN accuracy of
+        ``X_val`` against ``X_ref`` in feature space. The weights of the best epoch are kept.
+    knn_k : int, default 10
+        k for that monitoring.
+    seed : int
+        Seeds the batch order and the augmentations.
+    progress : bool
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    History
+    """
+    if method == "supcon" and y is None:
+        raise ValueError("SupCon needs labels y; use method='simclr' for unlabelled data")
+    if method == "simclr" and augment is None:
+        raise ValueError("SimCLR needs an augment: without it both views are identical")
+    if y is not None and y.shape[0] != X.shape[0]:
+        raise ValueError(f"X has {X.shape[0]} samples but y has {y.shape[0]} labels")
+    loss_fn = _loss_for(method, temperature)
+    labelled = method != "simclr"
+    n = X.shape[0]
+    batch_size = min(batch_size, n)
+    gen = torch.Generator().manual_seed(seed)
+    params = list(encoder.parameters()) + list(head.parameters())
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = n // batch_size
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch) if cosine else None
+    hist = History()
+    best_acc, best_state = -1.0, None
+    start = time.perf_counter()
+    # mininterval keeps the bar from writing hundreds of updates into a saved notebook.
+    bar = tqdm(range(1, epochs + 1), desc=f"pretrain {method if isinstance(method, str) else 'custom'}",
+               disable=not progress, leave=False, mininterval=1.0)
+    for epoch in bar:
+        encoder.train()
+        head.train()
+        perm = torch.randperm(n, generator=gen)
+        total, batches = 0.0, 0
+        for i in range(0, n - batch_size + 1, batch_size):
+            idx = perm[i : i + batch_size]
+            xb = X[idx]
+            if augment is not None:
+                views = torch.cat([augment(xb, gen), augment(xb, gen)])  # [2B, ...], one forward
+                z = head(encoder(views)).view(2, len(idx), -1).transpose(0, 1)  # [B, 2, D]
+            else:
+                z = head(encoder(xb)).unsqueeze(1)  # [B, 1, D]
+            loss = loss_fn(z, y[idx] if labelled and y is not None else None)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} in epoch {epoch}; lower lr?")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            total, batches = total + loss.item(), batches + 1
+        hist.loss.append(total / max(batches, 1))
+        postfix = {"loss": f"{hist.loss[-1]:.3f}"}
+        if val is not None:
+            X_ref, y_ref, X_val, y_val = val
+            acc = knn_accuracy(extract_features(encoder, X_ref), y_ref,
+                               extract_features(encoder, X_val), y_val, k=knn_k)
+            hist.val_acc.append(acc)
+            postfix["val_knn"] = f"{acc:.3f}"
+            if acc > best_acc:
+                best_acc, hist.best_epoch = acc, epoch
+                best_state = copy.deepcopy(encoder.state_dict())
+        bar.set_postfix(postfix, refresh=False)
+    if best_state is not None:
+        encoder.load_state_dict(best_state)
+    else:
+        hist.best_epoch = epochs
+    encoder.eval()
+    hist.seconds = time.perf_counter() - start
+    return hist
+
+
+# ----------------------------------------------------------------------------- linear probe
+
+
+@dataclass
+class LinearProbe:
+    """A linear classifier on standardized frozen features, with its training curves.
+
+    Attributes
+    ----------
+    linear : nn.Linear
+    mean, std : Tensor, shape [D]
+        Standardization fitted on the training features.
+    history : dict of str -> list of float
+        ``"loss"`` and ``"train_acc"`` per step, and ``"val_acc"`` if validation data was given.
+    weight_decay : float
+    """
+
+    linear: nn.Linear
+    mean: Tensor
+    std: Tensor
+    history: dict[str, list[float]]
+    weight_decay: float
+
+    @torch.no_grad()
+    def predict(self, feats: Tensor) -> Tensor:
+        """Class labels ``[N]`` for features ``[N, D]``."""
+        return self.linear((feats - self.mean) / self.std).argmax(dim=1)
+
+    def accuracy(self, feats: Tensor, y: Tensor) -> float:
+        """Fraction of correct predictions."""
+        _check_xy(feats, y, "probe")
+        return (self.predict(feats) == y).float().mean().item()
+
+
+def fit_linear_probe(
+    train_feats: Tensor,
+    train_y: Tensor,
+    val_feats: Tensor | None = None,
+    val_y: Tensor | None = None,
+    *,
+    weight_decay: float = 1e-4,
+    steps: int = 100,
+    lr: float = 0.1,
+    seed: int = 0,
+) -> LinearProbe:
+    """Train a linear layer on frozen features with full-batch Adam and cross-entropy.
+
+    The features are standardized with the training mean and std (constant dimensions get std 1),
+    which makes one learning rate work for any encoder. The problem is convex, so a few hundred
+    full-batch steps converge; ``weight_decay`` is the only knob worth tuning.
+
+    Parameters
+    ----------
+    train_feats : Tensor, shape [N, D]
+    train_y : Tensor, shape [N], integer labels
+    val_feats, val_y : Tensor, optional
+        If given, validation accuracy is recorded at every step (for curves only).
+    weight_decay : float
+        L2 penalty (coupled, as in ``torch.optim.Adam``).
+    steps, lr, seed
+        Optimisation settings; ``seed`` fixes the initial weights.
+
+    Returns
+    -------
+    LinearProbe
+    """
+    _check_xy(train_feats, train_y, "train")
+    if val_feats is not None:
+        if val_y is None:
+            raise ValueError("val_feats given without val_y")
+        _check_xy(val_feats, val_y, "validation")
+    train_feats = train_feats.detach().float()
+    mean = train_feats.mean(dim=0)
+    std = train_feats.std(dim=0)
+    std = torch.where(std > 1e-8, std, torch.ones_like(std))
+    z = (train_feats - mean) / std
+    zv = (val_feats.detach().float() - mean) / std if val_feats is not None else None
+    n_classes = int(train_y.max()) + 1
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        linear = nn.Linear(z.shape[1], n_classes)
+    opt = torch.optim.Adam(linear.parameters(), lr=lr, weight_decay=weight_decay)
+    history: dict[str, list[float]] = {"loss": [], "train_acc": []}
+    if zv is not None:
+        history["val_acc"] = []
+    with single_thread():
+        for _ in range(steps):
+            logits = linear(z)
+            loss = F.cross_entropy(logits, train_y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            history["loss"].append(loss.item())
+            history["train_acc"].append((logits.argmax(1) == train_y).float().mean().item())
+            if zv is not None:
+                with torch.no_grad():
+                    history["val_acc"].append((linear(zv).argmax(1) == val_y).float().mean().item())
+    return LinearProbe(linear.eval(), mean, std, history, weight_decay)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate_frozen(
+    train_feats: Tensor,
+    train_y: Tensor,
+    test_feats: Tensor,
+    test_y: Tensor,
+    *,
+    weight_decays: Sequence[float] = (0.0, 1e-4, 1e-3, 1e-2),
+    ks: Sequence[int] = (1, 5, 10, 20),
+    val_size: float = 0.2,
+    seed: int = 0,
+) -> dict:
+    """Linear-probe and kNN accuracy on held-out features, hyper-parameters chosen on validation.
+
+    A stratified validation part (``val_size``) is carved out of the training features; the
+    probe's weight decay and kNN's k are chosen there; the probe is refitted on all training
+    features, and the held-out features are used exactly once.
+
+    Returns
+    -------
+    dict
+        ``linear_acc``, ``knn_acc`` (fractions), ``weight_decay``, ``k`` (the choices),
+        ``val_linear_acc``, ``val_knn_acc`` (validation scores of the choices) and ``probe``.
+    """
+    from clbook.data import train_val_split
+
+    _check_xy(train_feats, train_y, "train")
+    _check_xy(test_feats, test_y, "test")
+    f_fit, y_fit, f_val, y_val = train_val_split(train_feats, train_y, val_size, seed)
+    scores = {wd: fit_linear_probe(f_fit, y_fit, weight_decay=wd, seed=seed).accuracy(f_val, y_val)
+              for wd in weight_decays}
+    wd = max(scores, key=scores.get)  # ties: the first, i.e. the smallest listed penalty
+    knn_scores = {k: knn_accuracy(f_fit, y_fit, f_val, y_val, k) for k in ks if k <= len(y_fit)}
+    k = max(knn_scores, key=knn_scores.get)
+    probe = fit_linear_probe(train_feats, train_y, weight_decay=wd, seed=seed)
+    return {
+        "linear_acc": probe.accuracy(test_feats, test_y),
+        "knn_acc": knn_accuracy(train_feats, train_y, test_feats, test_y, k),
+        "weight_decay": wd,
+        "k": k,
+        "val_linear_acc": scores[wd],
+        "val_knn_acc": knn_scores[k],
+        "probe": probe,
+    }
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def plot_history(history: History, ax=None, title: str | None = None):
+    """Training loss per epoch and, if recorded, validation kNN accuracy on a twin axis.
+
+    Returns the loss Axes.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.2), dpi=90)
+    epochs = np.arange(1, len(history.loss) + 1)
+    ax.plot(epochs, history.loss, color="C0", label="training loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss", color="C0")
+    if history.val_acc:
+        ax2 = ax.twinx()
+        ax2.plot(epochs, history.val_acc, color="C1", label="validation kNN accuracy")
+        ax2.axvline(history.best_epoch, color="C1", ls=":", lw=1)
+        ax2.set_ylabel("validation kNN accuracy", color="C1")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_probe(probes: dict[str, LinearProbe], axes=None):
+    """Loss and accuracy curves of several linear probes (e.g. trained vs random encoder).
+
+    Parameters
+    ----------
+    probes : dict
+        Name -> :class:`LinearProbe`.
+    axes : pair of Axes, optional
+
+    Returns
+    -------
+    pair of Axes
+        (loss, accuracy).
+    """
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(9, 3.2), dpi=90)
+    ax_loss, ax_acc = axes
+    for i, (name, probe) in enumerate(probes.items()):
+        h = probe.history
+        ax_loss.plot(h["loss"], color=f"C{i}", label=name)
+        ax_acc.plot(h["train_acc"], color=f"C{i}", ls="--", label=f"{name} (train)")
+        if "val_acc" in h:
+            ax_acc.plot(h["val_acc"], color=f"C{i}", label=f"{name} (validation)")
+    ax_loss.set(xlabel="probe step", ylabel="cross-entropy", title="linear probe loss")
+    ax_acc.set(xlabel="probe step", ylabel="accuracy", title="linear probe accuracy")
+    ax_loss.legend()
+    ax_acc.legend(fontsize="small")
+    return axes

@@ -1,0 +1,140 @@
+"""Plots shared by the notebooks: annotated heatmaps and t-SNE maps of features."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["show_matrix", "tsne_embed", "plot_embedding", "plot_tsne_pair"]
+
+
+def _numpy(a) -> np.ndarray:
+    if isinstance(a, Tensor):
+        return a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+def show_matrix(
+    matrix,
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
+    title: str | None = None,
+    ax=None,
+    fmt: str = ".2f",
+):
+    """Heatmap of a 2-D array with every value written in its cell.
+
+    Parameters
+    ----------
+    matrix : array-like or Tensor, shape [R, C]
+    row_labels, col_labels : sequence of str, optional
+        Tick labels; lengths must match the matrix.
+    title : str, optional
+    ax : matplotlib Axes, optional
+        Drawn into a new figure if omitted.
+    fmt : str, default ".2f"
+        Format spec for the annotations.
+
+    Returns
+    -------
+    matplotlib Axes
+    """
+    import matplotlib.pyplot as plt
+
+    m = _numpy(matrix).astype(float)
+    if m.ndim != 2:
+        raise ValueError(f"matrix must be 2-D, got shape {m.shape}")
+    rows, cols = m.shape
+    if row_labels is not None and len(row_labels) != rows:
+        raise ValueError(f"{len(row_labels)} row labels for {rows} rows")
+    if col_labels is not None and len(col_labels) != cols:
+        raise ValueError(f"{len(col_labels)} column labels for {cols} columns")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(0.6 * cols + 2, 0.5 * rows + 1.5), dpi=90)
+    finite = m[np.isfinite(m)]
+    lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+    im = ax.imshow(m, cmap="viridis", vmin=lo, vmax=hi)
+    mid = (lo + hi) / 2
+    for i in range(rows):
+        for j in range(cols):
+            # Dark text on the bright half of viridis, light text on the dark half.
+            ax.text(j, i, format(m[i, j], fmt), ha="center", va="center", fontsize=8,
+                    color="black" if m[i, j] > mid else "white")
+    ax.set_xticks(range(cols), col_labels if col_labels is not None else range(cols))
+    ax.set_yticks(range(rows), row_labels if row_labels is not None else range(rows))
+    if title:
+        ax.set_title(title)
+    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    return ax
+
+
+def tsne_embed(features, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
+    """2-D t-SNE (scikit-learn) of features ``[N, D]``; returns an array ``[N, 2]``.
+
+    Features are L2-normalized first, because the contrastive losses compare directions
+    (cosine similarity), not lengths.
+    """
+    from sklearn.manifold import TSNE
+
+    x = _numpy(features).astype(np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"features must have shape [N, D], got {x.shape}")
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+
+
+def plot_embedding(points, labels, ax=None, title: str | None = None, class_names=None):
+    """Scatter of 2-D points ``[N, 2]`` coloured by integer label, with a legend."""
+    import matplotlib.pyplot as plt
+
+    p, y = _numpy(points), _numpy(labels)
+    if p.ndim != 2 or p.shape[1] != 2 or len(y) != len(p):
+        raise ValueError(f"need points [N, 2] and labels [N], got {p.shape} and {y.shape}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.5, 4.5), dpi=90)
+    for c in np.unique(y):
+        sel = y == c
+        name = class_names[c] if class_names is not None else str(c)
+        ax.scatter(p[sel, 0], p[sel, 1], s=4, color=plt.cm.tab10(c % 10), label=name)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_tsne_pair(features: dict, labels, seed: int = 0, class_names=None, ncols: int = 2):
+    """t-SNE maps of several feature sets of the same samples, side by side.
+
+    Parameters
+    ----------
+    features : dict of str -> Tensor or array, each [N, D]
+        Title -> features, e.g. ``{"SupCon CNN": f1, "random CNN": f2}``.
+    labels : Tensor or array, shape [N]
+    seed : int
+        t-SNE's random state.
+    class_names : sequence of str, optional
+    ncols : int, default 2
+        Panels per row; more feature sets wrap onto further rows.
+
+    Returns
+    -------
+    matplotlib Figure
+    """
+    import matplotlib.pyplot as plt
+
+    n = len(features)
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.0 * ncols + 0.6, 4.0 * nrows), dpi=80, squeeze=False)
+    for ax, (name, feats) in zip(axes.flat, features.items()):
+        plot_embedding(tsne_embed(feats, seed=seed), labels, ax=ax, title=name, class_names=class_names)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="center right", markerscale=3, frameon=False)
+    fig.tight_layout(rect=(0, 0, 0.94, 1))
+    return fig

@@ -1,0 +1,57 @@
+"""The headless entry point: `python -m clbook reproduce --quick --json FILE`, on a small subset."""
+
+import json
+import math
+
+import pytest
+
+import clbook.data
+import clbook.experiments as experiments
+from clbook.__main__ import main
+from clbook.data import Split, load_shipped_mnist
+from clbook.experiments import Result, format_table
+
+KEYS = {"dataset", "encoder", "method", "linear_acc", "knn_acc", "seconds", "data"}
+
+
+@pytest.fixture
+def small_mnist(monkeypatch):
+    """1,200 training and 300 held-out digits, so the whole table runs in seconds."""
+    full = load_shipped_mnist()
+    small = Split(full.X_train[:1200], full.y_train[:1200], full.X_test[:300], full.y_test[:300],
+                  full.source, full.classes)
+    monkeypatch.setattr(clbook.data, "load_mnist", lambda root=None, **kw: small)
+    monkeypatch.setattr(experiments, "MNIST_VAL_SIZE", 300)
+    return small
+
+
+def test_reproduce_quick_writes_json_rows(small_mnist, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    assert main(["reproduce", "--quick", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["dataset"], r["encoder"], r["method"]) for r in rows] == [
+        ("iris", "mlp", "supcon"), ("iris", "mlp", "random"),
+        ("mnist", "cnn", "supcon"), ("mnist", "cnn", "simclr"), ("mnist", "cnn", "random"),
+        ("mnist", "fc", "supcon"), ("mnist", "fc", "random"),
+    ]
+    for r in rows:
+        assert set(r) == KEYS
+        assert 0.0 <= r["linear_acc"] <= 1.0 and 0.0 <= r["knn_acc"] <= 1.0
+        assert r["seconds"] > 0 and math.isfinite(r["seconds"])
+    assert {r["data"] for r in rows if r["dataset"] == "mnist"} == {"mnist-t10k-shipped"}
+    printed = capsys.readouterr().out
+    assert "linear %" in printed and printed.count("mnist-t10k-shipped") == 5
+
+
+def test_result_row_and_table():
+    r = Result("iris", "mlp", "supcon", 0.9, 0.8, 1.5, "iris-sklearn", 0.01, 0.02, 3, [0.9] * 3, [0.8] * 3)
+    assert set(r.row()) == KEYS
+    table = format_table([r])
+    assert "90.0 +- 1.0" in table and "80.0 +- 2.0" in table
+
+
+def test_unknown_method_rejected():
+    with pytest.raises(ValueError, match="unknown method"):
+        experiments.run_iris("byol")
+    with pytest.raises(ValueError, match="no MNIST config"):
+        experiments.train_mnist_encoder("mlp", "supcon", split=None)

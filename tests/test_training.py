@@ -1,0 +1,105 @@
+"""Training utilities against independent references (scikit-learn) and an end-to-end check."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+
+from clbook.data import load_shipped_mnist
+from clbook.encoders import FCEncoder, ProjectionHead, make_encoder
+from clbook.training import (
+    evaluate_frozen,
+    extract_features,
+    fit_linear_probe,
+    knn_accuracy,
+    knn_predict,
+    pretrain,
+)
+
+
+def blobs(n=600, d=8, classes=3, spread=1.5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, d, generator=g) * spread
+    y = torch.arange(n) % classes
+    return centres[y] + torch.randn(n, d, generator=g), y
+
+
+def test_knn_matches_sklearn_cosine():
+    X, y = blobs(seed=1)
+    Xq, _ = blobs(n=200, seed=2)
+    for k in (1, 5, 11):
+        ours = knn_predict(X, y, Xq, k=k).numpy()
+        ref = KNeighborsClassifier(n_neighbors=k, metric="cosine", algorithm="brute").fit(X.numpy(), y.numpy())
+        # Votes can tie between two classes; sklearn then also picks the smaller label.
+        assert (ours == ref.predict(Xq.numpy())).mean() >= 0.99
+
+
+def test_knn_checks_input():
+    X, y = blobs(n=30)
+    with pytest.raises(ValueError, match="k must be"):
+        knn_predict(X, y, X, k=31)
+    with pytest.raises(ValueError, match="labels"):
+        knn_accuracy(X, y, X, y[:-1])
+
+
+def test_linear_probe_close_to_sklearn_logistic_regression():
+    X, y = blobs(n=900, d=10, classes=4, spread=0.8, seed=3)
+    X_test, y_test = blobs(n=900, d=10, classes=4, spread=0.8, seed=3)  # same centres
+    X_test = X_test + 0.3 * torch.randn_like(X_test)
+    probe = fit_linear_probe(X, y, X_test, y_test, weight_decay=0.0)
+    mean, std = X.mean(0), X.std(0)
+    ref = LogisticRegression(C=1e4, max_iter=2000).fit(((X - mean) / std).numpy(), y.numpy())
+    ref_acc = ref.score(((X_test - mean) / std).numpy(), y_test.numpy())
+    assert abs(probe.accuracy(X_test, y_test) - ref_acc) < 0.02
+    h = probe.history
+    assert len(h["loss"]) == len(h["train_acc"]) == len(h["val_acc"]) == 100
+    assert h["loss"][-1] < h["loss"][0]
+
+
+def test_probe_handles_constant_feature_without_nan():
+    X, y = blobs(n=90)
+    X[:, 0] = 3.0  # zero variance: must not divide by zero
+    probe = fit_linear_probe(X, y)
+    assert np.isfinite(probe.history["loss"]).all() and probe.accuracy(X, y) > 0.5
+
+
+def test_evaluate_frozen_reports_choices():
+    X, y = blobs(n=400, seed=4)
+    Xt, yt = blobs(n=200, seed=4)
+    out = evaluate_frozen(X, y, Xt, yt, weight_decays=(0.0, 1e-2), ks=(1, 5))
+    assert out["weight_decay"] in (0.0, 1e-2) and out["k"] in (1, 5)
+    assert 0.0 <= out["linear_acc"] <= 1.0 and 0.0 <= out["knn_acc"] <= 1.0
+
+
+def test_extract_features_restores_mode_and_has_no_grad():
+    enc = FCEncoder().train()
+    f = extract_features(enc, torch.rand(10, 1, 28, 28), batch_size=4)
+    assert f.shape == (10, 128) and not f.requires_grad and enc.training
+
+
+def test_pretrain_input_checks():
+    enc, head = make_encoder("mlp"), ProjectionHead(16, 16, 8)
+    X, y = torch.randn(20, 4), torch.arange(20) % 2
+    with pytest.raises(ValueError, match="needs labels"):
+        pretrain(enc, head, X, method="supcon", progress=False)
+    with pytest.raises(ValueError, match="needs an augment"):
+        pretrain(enc, head, X, y, method="simclr", progress=False)
+    with pytest.raises(ValueError, match="unknown method"):
+        pretrain(enc, head, X, y, method="byol", progress=False)
+
+
+def test_supcon_pretraining_beats_random_twin_on_digits():
+    """End to end on a small subset: 1,500 digits, a few epochs of SupCon on the FC encoder."""
+    split = load_shipped_mnist()
+    X, y = split.X_train[:1500], split.y_train[:1500]
+    X_test, y_test = split.X_test[:500], split.y_test[:500]
+    random_twin = make_encoder("fc", seed=0).eval()
+    trained = make_encoder("fc", seed=0)
+    hist = pretrain(trained, ProjectionHead(), X[:1200], y[:1200], epochs=6, batch_size=300,
+                    val=(X[:1200], y[:1200], X[1200:], y[1200:]), progress=False)
+    assert len(hist.loss) == 6 and hist.loss[-1] < hist.loss[0]
+    assert hist.best_epoch == int(np.argmax(hist.val_acc)) + 1  # the kept weights are the best epoch's
+    acc = {name: knn_accuracy(extract_features(e, X), y, extract_features(e, X_test), y_test, k=5)
+           for name, e in [("trained", trained), ("random", random_twin)]}
+    assert acc["trained"] > acc["random"] + 0.02, acc
