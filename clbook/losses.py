@@ -58,7 +58,7 @@ def _all_finite(x: Tensor) -> bool:
     # Two reductions instead of an elementwise isfinite mask: about 4x faster on typical batches
     # (the check runs on every call). aminmax propagates NaN, and an infinity is an extreme.
     low, high = torch.aminmax(x.detach())
-    return bool(low.isfinite() & high.isfinite())
+    return math.isfinite(low.item()) and math.isfinite(high.item())
 
 
 def _check_same_shape(names: tuple[str, ...], tensors: tuple[Tensor, ...]) -> None:
@@ -149,18 +149,31 @@ def triplet_margin_loss(anchor: Tensor, positive: Tensor, negative: Tensor, marg
 # ----------------------------------------------------------------------------- softmax losses
 
 
-def _similarity_logits(z: Tensor, temperature: float, normalize: bool) -> Tensor:
-    """``[M, D] -> [M, M]`` logits ``z_i . z_j / temperature`` with the diagonal set to -inf.
+def _scaled_rows(z: Tensor, temperature: float, normalize: bool) -> Tensor:
+    """Rows ``z / sqrt(temperature)``, L2-normalized first if ``normalize``: ``[M, D] -> [M, D]``.
 
-    The diagonal (an anchor against itself) is excluded from every softmax by giving it
-    ``exp(-inf) = 0`` weight; it is never the target, so no ``log(0)`` can appear. Both
-    in-place steps act on fresh tensors that autograd does not need to keep.
+    Their inner products are the logits ``z_i . z_j / temperature``. Scaling the [M, D] rows
+    costs one small pass, where dividing the [M, M] logits costs a large one forward and backward.
     """
     if normalize:
-        z = F.normalize(z, dim=1)
-    logits = z @ z.T
-    logits.div_(temperature)
-    logits.fill_diagonal_(float("-inf"))
+        # In place on normalize's fresh output (its backward needs its input, not its output):
+        # no second [M, D] buffer.
+        return F.normalize(z, dim=1).mul_(temperature**-0.5)
+    return z * temperature**-0.5
+
+
+def _masked_logits(rows: Tensor) -> Tensor:
+    """``[M, D] -> [M, M]`` inner products of the rows, with the diagonal set to -inf.
+
+    The diagonal (an anchor against itself) is excluded from every softmax by giving it
+    ``exp(-inf) = 0`` weight; it is never the target, so no ``log(0)`` can appear.
+    """
+    logits = rows @ rows.T
+    # Outside autograd: no loss depends on a diagonal entry (its softmax weight is exactly 0 and
+    # it is never a target), so its gradient is exactly 0 anyway, and recording the in-place fill
+    # would make backward clone the whole [M, M] gradient just to zero its diagonal.
+    with torch.no_grad():
+        logits.fill_diagonal_(float("-inf"))
     return logits
 
 
@@ -199,10 +212,24 @@ def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
     _check_same_shape(("z1", "z2"), (z1, z2))
     _check_positive("temperature", temperature)
     n = z1.shape[0]
-    logits = _similarity_logits(torch.cat([z1, z2]), temperature, normalize=True)
+    logits = _masked_logits(_scaled_rows(torch.cat([z1, z2]), temperature, normalize=True))
     # Row i < N has its positive at column i + N; row i >= N at column i - N.
     targets = torch.arange(2 * n, device=z1.device).roll(n)
     return F.cross_entropy(logits, targets)
+
+
+def _class_index(labels: Tensor) -> tuple[Tensor, int]:
+    """Labels ``[N]`` -> (class index of each sample ``[N]``, number of indices K).
+
+    Small non-negative integer labels (the usual case) index the classes directly, empty classes
+    included, which spares a sort; anything else is renumbered 0..K-1 by ``torch.unique``.
+    """
+    if not labels.is_floating_point() and labels.dtype != torch.bool and labels.numel():
+        low, high = (int(x) for x in torch.aminmax(labels))
+        if low >= 0 and high < 4 * labels.numel() + 16:
+            return labels.long(), high + 1
+    classes, group = torch.unique(labels, return_inverse=True)
+    return group, len(classes)
 
 
 def supcon_loss(
@@ -252,9 +279,11 @@ def supcon_loss(
 
     Notes
     -----
-    For L_out the positive term needs only sums of positive embeddings,
-    :math:`\sum_{p} z_i \cdot z_p = z_i \cdot \sum_p z_p`, so no ``[M, M]`` mask is built:
-    with labels the sums are per-class sums, with a mask one ``[N, N] @ [N, D]`` product.
+    L_out needs no ``[M, M]`` positive mask (M = V * N rows). Its positive term is a batch total,
+    :math:`\sum_i \frac{1}{|P(i)|}\sum_{p \in P(i)} z_i \cdot z_p`, and all anchors of a class
+    share :math:`P`, so per class it is :math:`(\lVert S_c \rVert^2 - \sum_{i \in c} \lVert z_i
+    \rVert^2) / (|c| - 1)` with :math:`S_c` the sum of the class's rows; with a mask, one
+    ``[N, N] @ [N, D]`` product. The log-denominators come from one ``F.cross_entropy`` call.
     """
     _check_embeddings("features", features, rank=(2, 3))
     _check_positive("temperature", temperature)
@@ -280,73 +309,92 @@ def supcon_loss(
     v = views.shape[1]
     rows = v * n
     # View-major order, as in SupContrast: rows 0..N-1 are view 0, rows N..2N-1 view 1, ...
-    z = views.transpose(0, 1).reshape(rows, -1)  # [M, D], M = V * N
-    if normalize:
-        z = F.normalize(z, dim=1)
+    # Scaled by 1 / sqrt(t): every inner product below is already divided by the temperature.
+    z = _scaled_rows(views.transpose(0, 1).reshape(rows, -1), temperature, normalize)  # [M, D], M = V * N
 
     # Group structure at the level of samples: labels -> classes; no labels and no mask -> each
     # sample its own class (only its other views are positives).
     if mask is None:
         if labels is None:
-            group = torch.arange(n, device=features.device)
+            group, k = torch.arange(n, device=features.device), n
         else:
-            _, group = torch.unique(labels, return_inverse=True)  # [N] in 0..K-1
+            group, k = _class_index(labels)
+    if variant == "in":
+        return _supcon_in(z, v, n, group if mask is None else None, mask, features)
 
-    if variant == "out":
-        z_views = z.view(v, n, -1)
-        if mask is None:
-            k = int(group.max()) + 1
-            sample_sums = z_views.sum(dim=0)  # [N, D]: a sample's views added up
-            class_sums = torch.zeros(k, z.shape[1], dtype=z.dtype, device=z.device).index_add(0, group, sample_sums)
-            # Every view of every positive minus the anchor itself (it is not its own positive).
-            # Every view of a sample has the same positives: [N]-sized terms broadcast over views.
-            # index_select, not class_sums[group]: its backward is index_add, several times faster
-            # than the scatter_add that indexing back-propagates through.
-            pos_sums = class_sums.index_select(0, group) - z_views  # [V, N, D]
-            num_pos = (torch.bincount(group, minlength=k)[group] * v - 1).to(z.dtype)  # [N]
-        else:
-            m = mask.to(z.dtype)
-            self_in_sum = m.diagonal()
-            pos_sums = m @ z_views.sum(dim=0) - self_in_sum[:, None] * z_views
-            num_pos = m.sum(dim=1) * v - self_in_sum
-        has_pos = num_pos > 0  # [N]
-        valid = int(has_pos.sum())
-        if valid == 0:
-            return _connected_zero(features)
-        pos_mean = pos_sums / num_pos.clamp_min(1)[:, None]  # [V, N, D]
-        # The log-denominator, logsumexp over a != i, is computed as cross-entropy against some
-        # off-diagonal column c(i) plus the logit z_i . z_c(i) / t: F.cross_entropy is one fused
-        # kernel forward and backward, where torch.logsumexp makes extra [M, M] temporaries.
-        # c(i) is the next view of the same sample (the next row when V = 1). The added logit is
-        # taken from the embeddings, so the gradient of the sum is exactly the softmax.
-        shift = n if v > 1 else 1
-        targets = torch.arange(rows, device=z.device).roll(-shift)
-        logits = _similarity_logits(z, temperature, normalize=False)  # [M, M], diagonal -inf
-        cross_entropy = F.cross_entropy(logits, targets, reduction="none")  # [M]
-        # L_out_i = log_denominator_i - z_i . pos_mean_i / t = ce_i + z_i . (z_c(i) - pos_mean_i) / t
-        offset = z.roll(-shift, dims=0) - pos_mean.reshape(rows, -1)
-        per_anchor = cross_entropy + (z * offset).sum(dim=1) / temperature
-        if valid == n:  # the usual case: skip the gather
-            return per_anchor.mean()
-        has_pos = has_pos.repeat(v)  # [M]
+    # L_out_i = log sum_{a != i} exp(l_ia) - mean_{p in P(i)} l_ip, with l_ij = z_i . z_j.
+    # The first term is cross-entropy against some off-diagonal column c(i) plus l_i,c(i):
+    # F.cross_entropy is one fused kernel forward and backward, where torch.logsumexp makes
+    # extra [M, M] temporaries. c(i) = i + s is the next view of the same sample (s = N), or the
+    # next row (s = 1) when V = 1.
+    s = n if v > 1 else 1
+    targets = torch.arange(rows, device=z.device).roll(-s)
+    if labels is None and mask is None and v == 2:
+        # Each row's only positive is the other view, which is its target c(i): this is NT-Xent.
+        return F.cross_entropy(_masked_logits(z), targets)
+
+    # The rest adds up per class, with no per-row [M, D] tensor: over a class's rows,
+    # sum_i z_i . (S_c - z_i) = |S_c|^2 - sum_i |z_i|^2 with S_c the sum of the class's rows
+    # (a row is not its own positive); for a mask, S_c is replaced by one [N, N] @ [N, D] product.
+    # Every view of a sample has the same positives, so the weights 1/|P| live at sample level.
+    z_views = z.view(v, n, -1)
+    sample_sums = z_views.sum(dim=0)  # [N, D]: a sample's views added up
+    # Normalized rows have squared norm 1 / t whatever the input: that term has no gradient.
+    sq = (z_views.detach() if normalize else z_views).pow(2).sum(dim=(0, 2))  # [N]
+    if mask is None:
+        num_pos = torch.bincount(group, minlength=k).to(z.dtype) * v - 1  # [K]: positives of a row of class c
+        # 1/|P| per class. With V > 1 every row has a positive, and an empty class (a label value
+        # not in the batch) has zero sums; with V = 1 a class of one sample has none: weight 0.
+        weight = num_pos.clamp_min(1).reciprocal() if v > 1 else torch.where(num_pos > 0, 1 / num_pos, 0)
+        class_sums = z.new_zeros(k, z.shape[1]).index_add(0, group, sample_sums)  # [K, D]
+        class_sq = z.new_zeros(k).index_add(0, group, sq)  # [K]
+        pos_total = torch.dot(class_sums.pow(2).sum(dim=1) - class_sq, weight)
+        row_has_pos = None if v > 1 else (num_pos > 0)[group]  # with V > 1 every row has one
     else:
-        if mask is None:
-            group_m = group.repeat(v)
-            positive = group_m[:, None] == group_m[None, :]
-        else:
-            positive = mask.bool().repeat(v, v)
-        positive.fill_diagonal_(False)
-        has_pos = positive.any(dim=1)
-        if not bool(has_pos.any()):
-            return _connected_zero(features)
-        num_pos = positive.sum(dim=1).to(z.dtype)
-        # log_softmax is one fused kernel; the logits are not needed once it has run.
-        log_prob = F.log_softmax(_similarity_logits(z, temperature, normalize=False), dim=1)  # [M, M]
-        # In place: the boolean mask turns into its complement without a second [M, M] buffer.
-        log_pos = torch.logsumexp(log_prob.masked_fill(positive.logical_not_(), float("-inf")), dim=1)
-        # -log(mean_p prob_p) = log |P| - logsumexp_p log prob_p
-        per_anchor = torch.log(num_pos.clamp_min(1)) - log_pos
+        m = mask.to(z.dtype)
+        self_in_sum = m.diagonal()  # views of the sample itself are positives when mask[i, i] is set
+        num_pos = m.sum(dim=1) * v - self_in_sum  # [N]
+        weight = torch.where(num_pos > 0, 1 / num_pos.clamp_min(1), 0)  # [N]
+        pos_total = (torch.dot((sample_sums * weight[:, None]).flatten(), (m @ sample_sums).flatten())
+                     - torch.dot(sq, weight * self_in_sum))
+        row_has_pos = num_pos > 0
+    valid = rows if row_has_pos is None else int(row_has_pos.sum()) * v  # anchors with a positive
+    if valid == 0:
+        return _connected_zero(features)
 
+    logits = _masked_logits(z)  # [M, M], diagonal -inf
+    if v == 2:  # sum_i z_i . z_c(i) = 2 sum_j z_0j . z_1j = sum_j |z_0j + z_1j|^2 - |z_0j|^2 - |z_1j|^2
+        pair_total = torch.dot(sample_sums.flatten(), sample_sums.flatten()) - sq.sum()
+    else:
+        pair_total = torch.dot(z.flatten(), z.roll(-s, dims=0).flatten())
+    if valid == rows:  # the usual case
+        ce_total = F.cross_entropy(logits, targets, reduction="sum")
+    else:  # leave out the anchors without positives (their rows still serve as negatives)
+        keep = row_has_pos.repeat(v)  # [M]
+        drop = (~keep).nonzero().squeeze(1)
+        ce_total = F.cross_entropy(logits[keep], targets[keep], reduction="sum")
+        pair_total = pair_total - (z[drop] * z[(drop + s) % rows]).sum()
+    return (ce_total + pair_total - pos_total) / valid
+
+
+def _supcon_in(z: Tensor, v: int, n: int, group: Tensor | None, mask: Tensor | None, features: Tensor) -> Tensor:
+    """L_in of :func:`supcon_loss` on view-major scaled rows ``z`` [V * N, D]; ``group`` or ``mask``."""
+    if mask is None:
+        group_m = group.repeat(v)
+        positive = group_m[:, None] == group_m[None, :]
+    else:
+        positive = mask.bool().repeat(v, v)
+    positive.fill_diagonal_(False)
+    has_pos = positive.any(dim=1)
+    if not bool(has_pos.any()):
+        return _connected_zero(features)
+    num_pos = positive.sum(dim=1).to(z.dtype)
+    # log_softmax is one fused kernel; the logits are not needed once it has run.
+    log_prob = F.log_softmax(_masked_logits(z), dim=1)  # [M, M]
+    # In place: the boolean mask turns into its complement without a second [M, M] buffer.
+    log_pos = torch.logsumexp(log_prob.masked_fill(positive.logical_not_(), float("-inf")), dim=1)
+    # -log(mean_p prob_p) = log |P| - logsumexp_p log prob_p
+    per_anchor = torch.log(num_pos.clamp_min(1)) - log_pos
     return per_anchor[has_pos].mean()
 
 

@@ -386,9 +386,9 @@ def test_invariant_to_a_constant_added_to_one_row_of_logits(monkeypatch, loss_na
         "supcon_in": lambda: supcon_loss(features, labels, temperature=0.2, variant="in"),
     }[loss_name]
     before = compute().item()
-    original = L._similarity_logits
+    original = L._masked_logits
     shift = torch.linspace(-50.0, 80.0, 12, dtype=torch.float64)[:, None]
-    monkeypatch.setattr(L, "_similarity_logits", lambda z, t, normalize: original(z, t, normalize) + shift)
+    monkeypatch.setattr(L, "_masked_logits", lambda rows: original(rows) + shift)
     assert compute().item() == pytest.approx(before, rel=1e-9)
 
 
