@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from clbook.encoders import ConvEncoder, FCEncoder, MLPEncoder, ProjectionHead, make_encoder
 
@@ -52,3 +53,16 @@ def test_make_encoder_seeded_twins_are_identical_and_rng_untouched():
 def test_make_encoder_unknown_kind():
     with pytest.raises(ValueError, match="unknown encoder"):
         make_encoder("resnet")
+
+
+def test_conv_encoder_layout_does_not_change_the_function():
+    # The encoder stores activations channels-last for speed; the same weights applied in the
+    # plain NCHW layout with torch.nn.functional must give the same features.
+    enc = make_encoder("cnn", seed=3).eval()
+    x = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    conv1, conv2 = enc.features[0], enc.features[3]
+    h = F.max_pool2d(F.relu(F.conv2d(x, conv1.weight.contiguous(), conv1.bias, padding=1)), 2)
+    h = F.max_pool2d(F.relu(F.conv2d(h, conv2.weight.contiguous(), conv2.bias, padding=1)), 2)
+    expected = F.linear(h.reshape(5, -1), enc.fc.weight, enc.fc.bias)
+    with torch.no_grad():
+        assert torch.allclose(enc(x), expected, atol=1e-5)

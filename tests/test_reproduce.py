@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
 import clbook.data
@@ -55,3 +56,15 @@ def test_unknown_method_rejected():
         experiments.run_iris("byol")
     with pytest.raises(ValueError, match="no MNIST config"):
         experiments.train_mnist_encoder("mlp", "supcon", split=None)
+
+
+def test_combine_seeds_means_and_spreads_against_numpy():
+    runs = [Result("mnist", "cnn", "simclr", lin, knn, sec, "mnist-t10k-shipped", linear_all=[lin], knn_all=[knn])
+            for lin, knn, sec in [(0.96, 0.94, 40.0), (0.97, 0.93, 42.0), (0.95, 0.95, 44.0)]]
+    row = experiments.combine_seeds(runs)
+    assert row.n_seeds == 3 and row.seconds == pytest.approx(126.0)
+    assert row.linear_acc == pytest.approx(0.96) and row.knn_acc == pytest.approx(0.94)
+    assert row.linear_std == pytest.approx(float(np.std([0.96, 0.97, 0.95])))
+    assert row.knn_all == [0.94, 0.93, 0.95]
+    with pytest.raises(ValueError, match="different experiments"):
+        experiments.combine_seeds(runs + [Result("mnist", "cnn", "random", 0.9, 0.9, 1.0, "mnist-t10k-shipped")])
