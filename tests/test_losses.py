@@ -451,6 +451,69 @@ def test_gradcheck_every_loss():
         assert torch.autograd.gradcheck(lambda f: supcon_loss(f, temperature=0.4, **kwargs), (features,)), kwargs
 
 
+def dense_supcon_out(features: torch.Tensor, positive: torch.Tensor, t: float, normalize: bool) -> torch.Tensor:
+    """L_out through autograd over a dense [M, M] positive mask (rows view-major): a gradient reference."""
+    z = view_major(features)
+    z = F.normalize(z, dim=1) if normalize else z
+    eye = torch.eye(len(z), dtype=torch.bool)
+    logits = (z @ z.T / t).masked_fill(eye, float("-inf"))
+    log_prob = F.log_softmax(logits, dim=1).masked_fill(eye, 0.0)
+    positive = positive & ~eye
+    count = positive.sum(dim=1)
+    per_anchor = -(log_prob * positive).sum(dim=1) / count.clamp_min(1)
+    return per_anchor[count > 0].mean()
+
+
+@pytest.mark.parametrize("one_product_max_rows", [0, 10**9], ids=["two products", "one product"])
+@pytest.mark.parametrize("seed", range(8))
+def test_supcon_gradient_matches_autograd_reference(monkeypatch, seed, one_product_max_rows):
+    # supcon_loss writes L_out's backward out by hand (two code paths by size); autograd through
+    # a dense masked log-softmax is the reference.
+    monkeypatch.setattr(L, "_ONE_PRODUCT_MAX_ROWS", one_product_max_rows)
+    g, n, d, t = random_case(seed)
+    v = 1 + seed % 3
+    features = torch.randn(n, v, d, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 3, (n,), generator=g)
+    mask = torch.rand(n, n, generator=g) < 0.4  # asymmetric: Q^T z differs from Q z
+    normalize = seed % 2 == 0
+    for kwargs, positive in (
+        ({"labels": labels}, torch.tensor(label_mask(labels, v))),
+        ({"mask": mask}, mask.repeat(v, v)),
+        ({}, torch.eye(n, dtype=torch.bool).repeat(v, v)),
+    ):
+        expected = dense_supcon_out(features, positive, t, normalize)
+        if not expected.requires_grad or not torch.isfinite(expected):
+            continue  # no anchor has a positive: covered by its own test
+        (want,) = torch.autograd.grad(expected, features)
+        got = supcon_loss(features if v > 1 else features[:, 0], temperature=t, normalize=normalize, **kwargs)
+        (have,) = torch.autograd.grad(got, features)
+        assert got.item() == pytest.approx(expected.item(), rel=1e-9, abs=1e-12), kwargs
+        torch.testing.assert_close(have, want, rtol=1e-9, atol=1e-12, msg=str(kwargs))
+
+
+def test_supcon_gradient_at_a_size_past_the_one_product_limit():
+    # The default size switch, exercised for real: more rows than _ONE_PRODUCT_MAX_ROWS.
+    g = torch.Generator().manual_seed(21)
+    n = L._ONE_PRODUCT_MAX_ROWS // 2 + 5
+    features = torch.randn(n, 2, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    (want,) = torch.autograd.grad(dense_supcon_out(features, torch.tensor(label_mask(labels, 2)), 0.1, True), features)
+    (have,) = torch.autograd.grad(supcon_loss(features, labels, temperature=0.1), features)
+    torch.testing.assert_close(have, want, rtol=1e-9, atol=1e-12)
+
+
+def test_supcon_backward_twice_with_retain_graph_and_no_double_backward():
+    features = torch.randn(6, 2, 4, dtype=torch.float64, requires_grad=True)
+    loss = supcon_loss(features, torch.tensor([0, 1, 0, 1, 2, 2]), temperature=0.3)
+    (first,) = torch.autograd.grad(loss, features, retain_graph=True)
+    (second,) = torch.autograd.grad(loss, features)
+    assert torch.equal(first, second)  # backward leaves what it saved untouched
+    loss = supcon_loss(features, torch.tensor([0, 1, 0, 1, 2, 2]), temperature=0.3)
+    # A hand-written first derivative would enter a second one as a constant: refuse, do not mislead.
+    with pytest.raises(RuntimeError, match="no second derivatives"):
+        torch.autograd.grad(loss, features, create_graph=True)
+
+
 # ----------------------------------------------------------------------------- modules
 
 
