@@ -371,8 +371,8 @@ class _SupConOut(torch.autograd.Function):
     :math:`\partial L / \partial z = ((P + P^\top) z - (Q + Q^\top) z) / A`: each anchor is pushed
     away from the softmax-weighted mean of all rows and pulled towards the mean of its positives.
     Written out, backward needs only the softmax saved in forward and one or two products with
-    ``z`` (see ``_ONE_PRODUCT_MAX_ROWS``);
-    autograd through cross-entropy would keep and clone more ``[M, M]`` matrices.
+    ``z`` (see ``_ONE_PRODUCT_MAX_ROWS``); autograd through cross-entropy would keep and clone more
+    ``[M, M]`` matrices.
     """
 
     @staticmethod
@@ -420,7 +420,8 @@ def _supcon_in(z: Tensor, v: int, group: Tensor | None, mask: Tensor | None, fea
         group_rows = group.repeat_interleave(v)
         positive = group_rows[:, None] == group_rows[None, :]
     else:
-        positive = mask.bool().repeat_interleave(v, dim=0).repeat_interleave(v, dim=1)
+        # Row s * V + a holds sample s: broadcast each mask entry over a V x V block in one copy.
+        positive = mask.bool()[:, None, :, None].expand(-1, v, -1, v).reshape(len(z), len(z))
     positive.fill_diagonal_(False)
     has_pos = positive.any(dim=1)
     if not bool(has_pos.any()):
