@@ -481,7 +481,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (a few seconds; for CI)")
     parser.add_argument("--sizes", type=int, nargs="+", help="sizes N (default 256 1024 4096; quick: 64 128)")
     parser.add_argument("--repeats", type=int, help="timed repeats per implementation (default 7; quick: 3)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per implementation first")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="untimed runs per implementation first (at least 1: the last one sets the calls per sample)")
     parser.add_argument("--max-gb", type=float, default=3.5, help="skip cases whose estimated peak exceeds this")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice, one per core); "
                         "on a machine busy with other work, 1 gives far steadier ratios")
@@ -493,6 +494,8 @@ def main(argv: list[str] | None = None) -> dict:
     if any(n < 4 or n % 2 for n in sizes):
         parser.error("sizes must be even and at least 4 (SupCon uses N/2 samples with 2 views)")
     repeats = args.repeats or (3 if args.quick else 7)
+    if repeats < 1 or args.warmup < 1:
+        parser.error("--repeats and --warmup must be at least 1")
     out = args.out or REPO / "benchmarks" / "results" / ("losses_quick.json" if args.quick else "losses.json")
     return run(sizes, repeats, args.warmup, args.max_gb, out)
 

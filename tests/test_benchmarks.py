@@ -38,11 +38,19 @@ def test_loss_benchmark_runs_and_agrees_with_references(tmp_path):
                 continue
             assert "skipped" not in entry, entry
             assert entry["median_s"] > 0 and entry["peak_mb"] >= 0
+            assert 1 <= entry["calls_per_sample"] <= 50
+            # With one repeat, the paired time ratio is just the ratio of the two samples.
+            assert entry["time_ratio"] == pytest.approx(entry["times_s"][0] / clbook["times_s"][0])
             # Every implementation computes the same loss on the same inputs (the fused form is
             # a different loss when labels are given; the script marks it by leaving the key out).
             if "abs_diff_to_clbook" in entry:
                 assert entry["abs_diff_to_clbook"] < 1e-4, entry
     assert "| nt_xent |" in done.stdout  # the Markdown table for the README
+
+
+def test_loss_benchmark_refuses_zero_warmup():
+    done = run_script(str(BENCH / "bench_losses.py"), "--quick", "--warmup", "0")
+    assert done.returncode == 2 and "--warmup must be at least 1" in done.stderr
 
 
 def tiny_notebook(path: Path, source: str) -> None:
