@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from tqdm import tqdm  # plain text bar: no ipywidgets needed, renders in notebooks too
 
 from clbook.losses import nt_xent_loss, supcon_loss
+from clbook.methods import METHODS, Method, make_method
 
 __all__ = [
     "set_seed",
@@ -142,12 +143,16 @@ class History:
         1-based epoch whose weights were kept (the last one without validation data).
     seconds : float
         Wall-clock training time.
+    metrics : dict of str -> list of float
+        Per-epoch figures logged by a :class:`clbook.methods.Method` (``end_epoch``) or by the
+        ``on_epoch_end`` callback of :func:`pretrain`, one value per epoch under each name.
     """
 
     loss: list[float] = field(default_factory=list)
     val_acc: list[float] = field(default_factory=list)
     best_epoch: int = 0
     seconds: float = 0.0
+    metrics: dict[str, list[float]] = field(default_factory=dict)
 
 
 LossFn = Callable[[Tensor, Tensor | None], Tensor]
@@ -165,7 +170,8 @@ def _loss_for(method: str | LossFn, temperature: float) -> LossFn:
                 raise ValueError("SimCLR needs exactly two views; pass an augment")
             return nt_xent_loss(z[:, 0], z[:, 1], temperature=temperature)
         return simclr
-    raise ValueError(f"unknown method {method!r}; use 'supcon', 'simclr' or a callable")
+    raise ValueError(f"unknown method {method!r}; use 'supcon', 'simclr', one of {sorted(METHODS)}, "
+                     "a clbook.methods.Method or a callable")
 
 
 def pretrain(
@@ -174,7 +180,8 @@ def pretrain(
     X: Tensor,
     y: Tensor | None = None,
     *,
-    method: str | LossFn = "supcon",
+    method: str | Method | LossFn = "supcon",
+    method_options: dict | None = None,
     epochs: int = 20,
     batch_size: int = 256,
     lr: float = 1e-3,
@@ -186,6 +193,7 @@ def pretrain(
     knn_k: int = 10,
     seed: int = 0,
     progress: bool = True,
+    on_epoch_end: Callable[[nn.Module, int], dict[str, float]] | None = None,
 ) -> History:
     """Contrastive pre-training of ``encoder`` with a projection ``head``, in place.
 
@@ -197,10 +205,14 @@ def pretrain(
         Training inputs, whole, in memory.
     y : Tensor, shape [N], optional
         Labels. Required for ``"supcon"``, ignored by ``"simclr"`` (self-supervised).
-    method : {"supcon", "simclr"} or callable
+    method : str, Method or callable
         ``"supcon"``: :func:`clbook.losses.supcon_loss` with labels. ``"simclr"``:
-        :func:`clbook.losses.nt_xent_loss` on two augmented views, no labels. A callable gets
+        :func:`clbook.losses.nt_xent_loss` on two augmented views, no labels. Any name in
+        :data:`clbook.methods.METHODS` (MoCo, memory bank, ...) or a :class:`clbook.methods.Method`
+        instance: a method with state of its own, run through the same loop. A callable gets
         projections ``z`` of shape [B, V, D] and labels [B] (or None) and returns a scalar.
+    method_options : dict, optional
+        Keyword arguments for a method given by name, e.g. ``{"queue_size": 4096}`` for MoCo.
     epochs, batch_size, lr, weight_decay
         Adam optimisation settings. The last incomplete batch is dropped, so that every batch
         has enough negatives.
@@ -208,6 +220,7 @@ def pretrain(
         Decay the learning rate from ``lr`` to 0 along a cosine over all steps (as in the SimCLR
         and SupCon papers); the last epochs then refine instead of jumping around.
     temperature : float, default 0.1
+        Passed to the loss (and to a named method that takes a temperature).
     augment : callable, optional
         ``augment(x_batch, generator) -> x_batch`` drawing fresh randomness per sample, e.g.
         :class:`clbook.data.DigitAugment`. With it every sample contributes two views; without
@@ -221,23 +234,39 @@ def pretrain(
         Seeds the batch order and the augmentations.
     progress : bool
         Show a tqdm progress bar.
+    on_epoch_end : callable, optional
+        ``on_epoch_end(encoder, epoch) -> dict`` of figures (e.g. collapse diagnostics on
+        validation features), called after every epoch in eval mode and logged in
+        ``History.metrics``.
 
     Returns
     -------
     History
     """
+    if isinstance(method, str) and method in METHODS:
+        method = make_method(method, temperature, **(method_options or {}))
+    elif method_options:
+        raise ValueError("method_options go with a method given by name from clbook.methods.METHODS")
+    runner = method if isinstance(method, Method) else None
+    if runner is not None and runner.needs_labels and y is None:
+        raise ValueError(f"{runner.name} needs labels y")
+    if runner is not None and runner.n_views > 1 and augment is None:
+        raise ValueError(f"{runner.name} needs an augment: without it all views are identical")
     if method == "supcon" and y is None:
         raise ValueError("SupCon needs labels y; use method='simclr' for unlabelled data")
     if method == "simclr" and augment is None:
         raise ValueError("SimCLR needs an augment: without it both views are identical")
     if y is not None and y.shape[0] != X.shape[0]:
         raise ValueError(f"X has {X.shape[0]} samples but y has {y.shape[0]} labels")
-    loss_fn = _loss_for(method, temperature)
+    loss_fn = None if runner is not None else _loss_for(method, temperature)
     labelled = method != "simclr"
     n = X.shape[0]
     batch_size = min(batch_size, n)
     gen = torch.Generator().manual_seed(seed)
     params = list(encoder.parameters()) + list(head.parameters())
+    if runner is not None:
+        runner.setup(encoder, head)
+        params += runner.trainable_parameters()
     opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     steps_per_epoch = n // batch_size
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch) if cosine else None
@@ -245,32 +274,52 @@ def pretrain(
     best_acc, best_state = -1.0, None
     start = time.perf_counter()
     # mininterval keeps the bar from writing hundreds of updates into a saved notebook.
-    bar = tqdm(range(1, epochs + 1), desc=f"pretrain {method if isinstance(method, str) else 'custom'}",
+    name = method if isinstance(method, str) else runner.name if runner is not None else "custom"
+    step, total_steps = 0, epochs * steps_per_epoch
+    bar = tqdm(range(1, epochs + 1), desc=f"pretrain {name}",
                disable=not progress, leave=False, mininterval=1.0)
     for epoch in bar:
         encoder.train()
         head.train()
+        if runner is not None:
+            runner.train()
+            runner.start_epoch(epoch, epochs)
         perm = torch.randperm(n, generator=gen)
         total, batches = 0.0, 0
         for i in range(0, n - batch_size + 1, batch_size):
             idx = perm[i : i + batch_size]
             xb = X[idx]
-            if augment is not None:
+            if runner is not None:
+                views = [augment(xb, gen) for _ in range(runner.n_views)] if augment is not None else [xb]
+                loss = runner.loss(encoder, head, views, y[idx] if y is not None else None, idx)
+            elif augment is not None:
                 views = torch.cat([augment(xb, gen), augment(xb, gen)])  # [2B, ...], one forward
                 z = head(encoder(views)).view(2, len(idx), -1).transpose(0, 1)  # [B, 2, D]
             else:
                 z = head(encoder(xb)).unsqueeze(1)  # [B, 1, D]
-            loss = loss_fn(z, y[idx] if labelled and y is not None else None)
+            if runner is None:
+                loss = loss_fn(z, y[idx] if labelled and y is not None else None)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} in epoch {epoch}; lower lr?")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if runner is not None:
+                runner.before_step(step, total_steps)
             opt.step()
             if sched is not None:
                 sched.step()
+            if runner is not None:
+                runner.after_step(encoder, head, step, total_steps)
+            step += 1
             total, batches = total + loss.item(), batches + 1
         hist.loss.append(total / max(batches, 1))
         postfix = {"loss": f"{hist.loss[-1]:.3f}"}
+        logged = runner.end_epoch(encoder, head) if runner is not None else {}
+        if on_epoch_end is not None:
+            encoder.eval()
+            logged = {**logged, **on_epoch_end(encoder, epoch)}
+        for key, value in logged.items():
+            hist.metrics.setdefault(key, []).append(float(value))
         if val is not None:
             X_ref, y_ref, X_val, y_val = val
             acc = knn_accuracy(extract_features(encoder, X_ref), y_ref,

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 
@@ -103,3 +104,76 @@ def test_supcon_pretraining_beats_random_twin_on_digits():
     acc = {name: knn_accuracy(extract_features(e, X), y, extract_features(e, X_test), y_test, k=5)
            for name, e in [("trained", trained), ("random", random_twin)]}
     assert acc["trained"] > acc["random"] + 0.02, acc
+
+
+def test_pretrain_runs_a_method_object_through_the_loop():
+    """A Method with state of its own: every hook is called in order and its figures are logged."""
+    from clbook.methods import Method
+
+    class Recorder(Method):
+        name = "recorder"
+        n_views = 2
+
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(()))  # trained with the encoder
+            self.calls = []
+
+        def setup(self, encoder, head):
+            self.calls.append("setup")
+
+        def start_epoch(self, epoch, epochs):
+            self.calls.append(f"epoch{epoch}")
+
+        def loss(self, encoder, head, views, y, index):
+            assert len(views) == 2 and views[0].shape == views[1].shape and index.shape == (len(views[0]),)
+            z1, z2 = head(encoder(views[0])), head(encoder(views[1]))
+            return self.scale * (z1 - z2).pow(2).mean() + (self.scale - 2).pow(2)
+
+        def before_step(self, step, total_steps):
+            assert self.scale.grad is not None
+
+        def after_step(self, encoder, head, step, total_steps):
+            self.calls.append(step)
+
+        def end_epoch(self, encoder, head):
+            return {"scale": self.scale.item()}
+
+    X, y = blobs(n=64, d=8)
+    rec = Recorder()
+    noise = lambda x, g: x + 0.1 * torch.randn(x.shape, generator=g)  # noqa: E731
+    h = pretrain(make_encoder("mlp", in_dim=8, seed=0), ProjectionHead(16, 16, 8), X, method=rec, augment=noise,
+                 epochs=2, batch_size=32, lr=0.05, progress=False,
+                 on_epoch_end=lambda enc, epoch: {"epoch_seen": epoch})
+    assert rec.calls == ["setup", "epoch1", 0, 1, "epoch2", 2, 3]
+    assert h.metrics["epoch_seen"] == [1.0, 2.0] and len(h.metrics["scale"]) == 2
+    assert h.metrics["scale"][-1] != 1.0  # the method's own parameter was optimised
+
+
+def test_pretrain_method_by_name_checks_options():
+    from clbook.methods import METHODS, Method
+
+    class Plain(Method):
+        name = "plain"
+
+        def __init__(self, temperature: float = 1.0, width: int = 1):
+            super().__init__()
+            self.temperature, self.width = temperature, width
+
+        def loss(self, encoder, head, views, y, index):
+            return head(encoder(views[0])).pow(2).mean() / self.temperature
+
+    METHODS["plain"] = Plain
+    try:
+        X, y = blobs(n=32, d=8)
+        args = (make_encoder("mlp", in_dim=8, seed=0), ProjectionHead(16, 16, 8), X)
+        noise = lambda x, g: x  # noqa: E731
+        with pytest.raises(ValueError, match="no option"):
+            pretrain(*args, method="plain", method_options={"depth": 3}, augment=noise, epochs=1, progress=False)
+        with pytest.raises(ValueError, match="needs an augment"):
+            pretrain(*args, method="plain", epochs=1, progress=False)
+        h = pretrain(*args, method="plain", method_options={"width": 2}, augment=noise, epochs=1, batch_size=16,
+                     progress=False)
+        assert len(h.loss) == 1
+    finally:
+        del METHODS["plain"]
