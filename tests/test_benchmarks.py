@@ -75,3 +75,19 @@ def test_course_benchmark_runs_notebooks_without_writing_them(tmp_path):
     assert result["total_s"] == pytest.approx(sum(e["wall_s"] for e in result["notebooks"]), abs=0.02)
     assert (good.read_bytes(), bad.read_bytes()) == before  # executed in memory only
     assert "| **whole course** |" in done.stdout
+
+
+def test_course_benchmark_writes_back_and_budgets_later_notebooks_apart(tmp_path):
+    first, later = tmp_path / "01_first.ipynb", tmp_path / "07_later.ipynb"
+    tiny_notebook(first, "print(6 * 7)")
+    tiny_notebook(later, "print('later')")
+    out = tmp_path / "course.json"
+    done = run_script(str(BENCH / "bench_course.py"), str(first), str(later), "--write", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    saved = nbformat.read(first, as_version=4).cells[1]
+    assert saved.execution_count == 1 and saved.outputs[0]["text"] == "42\n"  # written back, executed
+    result = json.loads(out.read_text())
+    assert result["part_one_s"] == pytest.approx(result["notebooks"][0]["wall_s"], abs=0.01)
+    assert result["target_met"] is True
+    assert "| **part one, 01-06** |" in done.stdout and "| 07_later.ipynb |" in done.stdout
+    assert "target <= 75 s" in done.stdout
