@@ -260,3 +260,219 @@ def test_loss_bad_input_names_the_argument(case):
 def test_losses_docstring_promises_no_silent_nan():
     assert "nothing here returns a silent NaN" in L.__doc__
     assert "float32" in L.__doc__  # the half-precision rule is documented where new losses will see it
+
+
+# ----------------------------------------------------------------------------- 5. pretrain refuses what cannot train
+
+from clbook.encoders import ProjectionHead, make_encoder  # noqa: E402
+from clbook.training import (  # noqa: E402
+    evaluate_frozen,
+    fit_linear_probe,
+    knn_accuracy,
+    knn_predict,
+    pretrain,
+)
+
+
+def _small_pretrain_args(n=20):
+    g = torch.Generator().manual_seed(0)
+    return make_encoder("mlp", seed=0), ProjectionHead(16, 16, 8), torch.randn(n, 4, generator=g), torch.arange(n) % 2
+
+
+PRETRAIN_BAD = {
+    "one sample": (dict(n=1), {}, "X"),
+    "empty X": (dict(n=0), {}, "X"),
+    "batch of one": ({}, dict(batch_size=1), "batch_size"),
+    "zero batch": ({}, dict(batch_size=0), "batch_size"),
+    "negative batch": ({}, dict(batch_size=-4), "batch_size"),
+    "float batch": ({}, dict(batch_size=8.5), "batch_size"),
+    "zero epochs": ({}, dict(epochs=0), "epochs"),
+    "negative epochs": ({}, dict(epochs=-1), "epochs"),
+    "zero lr": ({}, dict(lr=0.0), "lr"),
+    "nan lr": ({}, dict(lr=float("nan")), "lr"),
+    "negative weight decay": ({}, dict(weight_decay=-1e-4), "weight_decay"),
+    "zero temperature": ({}, dict(temperature=0.0), "temperature"),
+    "zero knn_k": ({}, dict(knn_k=0), "knn_k"),
+}
+
+
+@pytest.mark.parametrize("case", list(PRETRAIN_BAD))
+def test_pretrain_rejects_what_cannot_train(case):
+    size, options, word = PRETRAIN_BAD[case]
+    encoder, head, X, y = _small_pretrain_args(**size)
+    before = [p.clone() for p in encoder.parameters()]
+    with pytest.raises(ValueError, match=word):
+        pretrain(encoder, head, X, y, epochs=options.pop("epochs", 1), progress=False, **options)
+    assert all(torch.equal(a, b) for a, b in zip(before, encoder.parameters()))
+
+
+def test_pretrain_rejects_non_finite_inputs_and_bad_labels():
+    encoder, head, X, y = _small_pretrain_args()
+    X[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="X"):
+        pretrain(encoder, head, X, y, epochs=1, progress=False)
+    encoder, head, X, y = _small_pretrain_args()
+    with pytest.raises(ValueError, match="y"):
+        pretrain(encoder, head, X, y.float().masked_fill(y == 0, float("nan")), epochs=1, progress=False)
+
+
+def test_pretrain_accepts_numpy_numbers():
+    encoder, head, X, y = _small_pretrain_args()
+    h = pretrain(encoder, head, X, y, epochs=np.int64(1), batch_size=np.int64(10), lr=np.float32(1e-3),
+                 temperature=np.float32(0.1), progress=False)
+    assert len(h.loss) == 1 and h.loss[0] > 0
+
+
+# ----------------------------------------------------------------------------- 6. kNN and probe refuse non-finite features
+
+
+def test_knn_rejects_a_nan_reference_row():
+    g = torch.Generator().manual_seed(0)
+    ref, y = torch.randn(20, 3, generator=g), torch.arange(20) % 4
+    ref[7] = float("nan")
+    with pytest.raises(ValueError, match="train_feats.*NaN"):
+        knn_predict(ref, y, torch.randn(5, 3, generator=g), k=3)
+    with pytest.raises(ValueError, match="query_feats.*NaN"):
+        knn_predict(torch.randn(20, 3), y, torch.full((2, 3), float("inf")), k=3)
+
+
+def test_linear_probe_rejects_non_finite_features():
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(30, 3, generator=g), torch.arange(30) % 3
+    X[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="train_feats.*NaN"):
+        fit_linear_probe(X, y)
+    with pytest.raises(ValueError, match="val_feats"):
+        fit_linear_probe(X.nan_to_num(), y, X, y)
+
+
+TRAINING_BAD = {
+    "knn query width": (lambda X, y: knn_predict(X, y, torch.randn(4, 5)), "query_feats"),
+    "knn empty train": (lambda X, y: knn_predict(X[:0], y[:0], X, k=1), "train_feats"),
+    "knn float labels": (lambda X, y: knn_predict(X, y.float() + 0.5, X, k=1), "train_y"),
+    "knn negative labels": (lambda X, y: knn_predict(X, y - 1, X, k=1), "train_y"),
+    "knn bool k": (lambda X, y: knn_predict(X, y, X, k=True), "k"),
+    "knn float k": (lambda X, y: knn_predict(X, y, X, k=2.5), "k"),
+    "probe float labels": (lambda X, y: fit_linear_probe(X, y.float()), "train_y"),
+    "probe empty": (lambda X, y: fit_linear_probe(X[:0], y[:0]), "train_feats"),
+    "probe steps": (lambda X, y: fit_linear_probe(X, y, steps=0), "steps"),
+    "probe lr": (lambda X, y: fit_linear_probe(X, y, lr=-1.0), "lr"),
+    "probe weight decay": (lambda X, y: fit_linear_probe(X, y, weight_decay=float("inf")), "weight_decay"),
+    "predict width": (lambda X, y: fit_linear_probe(X, y, steps=1).predict(torch.randn(3, 7)), "feats"),
+    "predict nan": (lambda X, y: fit_linear_probe(X, y, steps=1).predict(torch.full((3, 3), float("nan"))), "feats"),
+    "evaluate nan": (lambda X, y: evaluate_frozen(X, y, X.masked_fill(X > 1, float("nan")), y), "test_feats"),
+    "accuracy labels": (lambda X, y: knn_accuracy(X, y, X, y[:-1]), "test_y"),
+}
+
+
+@pytest.mark.parametrize("case", list(TRAINING_BAD))
+def test_training_bad_input_names_the_argument(case):
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(30, 3, generator=g), torch.arange(30) % 3
+    call, word = TRAINING_BAD[case]
+    with pytest.raises(ValueError, match=word):
+        call(X, y)
+
+
+def test_knn_and_probe_accept_numpy_numbers_and_leave_arguments_unchanged():
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(30, 3, generator=g), torch.arange(30) % 3
+    X0, y0 = X.clone(), y.clone()
+    assert torch.equal(knn_predict(X, y, X, k=np.int64(3)), knn_predict(X, y, X, k=3))
+    probe = fit_linear_probe(X, y, weight_decay=np.float32(1e-4), steps=np.int64(5), lr=np.float64(0.1))
+    assert len(probe.history["loss"]) == 5
+    assert torch.equal(X, X0) and torch.equal(y, y0)
+
+
+# ----------------------------------------------------------------------------- 7. t-SNE plot colours
+
+
+def _colours(ax):
+    return [tuple(np.round(c.get_facecolor()[0], 4)) for c in ax.collections]
+
+
+def test_plot_embedding_float_labels_get_one_colour_per_class():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from clbook.viz import plot_embedding
+
+    points = np.random.default_rng(0).normal(size=(100, 2))
+    labels = np.arange(100) % 10
+    ax_int = plot_embedding(points, labels)
+    ax_float = plot_embedding(points, labels.astype(float))
+    assert len(set(_colours(ax_float))) == 10
+    assert _colours(ax_float) == _colours(ax_int)  # float labels 0.0 .. 9.0 are the digits 0 .. 9
+    assert [t.get_label() for t in ax_float.collections] == [str(d) for d in range(10)]
+    # Class names index by the integer value of a float label.
+    names = [f"digit {d}" for d in range(10)]
+    ax = plot_embedding(points, torch.tensor(labels, dtype=torch.float32), class_names=names)
+    assert [t.get_label() for t in ax.collections] == names
+    # More than ten classes: still one colour per class.
+    ax = plot_embedding(np.random.default_rng(1).normal(size=(150, 2)), np.arange(150) % 15)
+    assert len(set(_colours(ax))) == 15
+    plt.close("all")
+
+
+def test_plot_embedding_and_tsne_reject_bad_values():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from clbook.viz import plot_embedding, tsne_embed
+
+    pts = np.zeros((4, 2))
+    pts[1, 0] = np.nan
+    with pytest.raises(ValueError, match="points"):
+        plot_embedding(pts, [0, 1, 0, 1])
+    with pytest.raises(ValueError, match="labels"):
+        plot_embedding(np.zeros((4, 2)), [0.0, np.nan, 1.0, 1.0])
+    with pytest.raises(ValueError, match="class_names"):
+        plot_embedding(np.zeros((4, 2)), [0, 1, 2, 3], class_names=["a", "b"])
+    with pytest.raises(ValueError, match="features"):
+        tsne_embed(np.full((10, 3), np.inf))
+    plt.close("all")
+
+
+# ----------------------------------------------------------------------------- 8. reproduce --json
+
+
+def test_reproduce_checks_the_json_path_before_running(tmp_path, monkeypatch):
+    import clbook.experiments as experiments
+    from clbook.__main__ import main
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the experiments ran although the JSON path is unusable")
+
+    monkeypatch.setattr(experiments, "reproduce", must_not_run)
+    monkeypatch.setattr("clbook.data.load_mnist", must_not_run)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reproduce", "--json", str(tmp_path / "no" / "such" / "dir" / "rows.json")])
+    assert exit_info.value.code == 2
+    existing = tmp_path / "rows.json"
+    existing.write_text("[]\n")
+    with pytest.raises(SystemExit):
+        main(["reproduce", "--json", str(existing)])
+    assert existing.read_text() == "[]\n"  # untouched
+    with pytest.raises(SystemExit):
+        main(["reproduce", "--json", str(tmp_path)])  # a directory
+
+
+def test_reproduce_writes_strict_json_and_overwrites_only_when_asked(tmp_path, monkeypatch, capsys):
+    import clbook.experiments as experiments
+    from clbook.__main__ import main
+    from clbook.experiments import Result
+
+    rows = [Result("iris", "mlp", "supcon", 0.9, float("nan"), 1.0, "iris-sklearn")]
+    monkeypatch.setattr(experiments, "reproduce", lambda **kw: rows)
+    monkeypatch.setattr("clbook.data.load_mnist", lambda **kw: None)
+    out = tmp_path / "rows.json"
+    out.write_text("old\n")
+    assert main(["reproduce", "--json", str(out), "--overwrite"]) == 0
+    text = out.read_text()
+    assert "NaN" not in text
+    parsed = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert parsed[0]["knn_acc"] is None and parsed[0]["linear_acc"] == 0.9
