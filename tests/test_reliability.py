@@ -476,3 +476,145 @@ def test_reproduce_writes_strict_json_and_overwrites_only_when_asked(tmp_path, m
     assert "NaN" not in text
     parsed = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     assert parsed[0]["knn_acc"] is None and parsed[0]["linear_acc"] == 0.9
+
+
+# ----------------------------------------------------------------------------- 2, 9, 10. MNIST files and messages
+
+import gzip  # noqa: E402
+import shutil  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import clbook.data as data  # noqa: E402
+from clbook.data import load_mnist, load_shipped_mnist  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+@pytest.fixture
+def official_copy(tmp_path, monkeypatch):
+    """A small stand-in for torchvision's download folder: archives and their extracted copies.
+
+    The test files are the real shipped ones; the training files are 30 random digits whose
+    archives' MD5s replace the published ones. Real torchvision reads the folder (the extracted
+    copies exist, so it downloads nothing). The shipped split is copied beside it.
+    """
+    shipped = REPO / "data" / data.SHIPPED_DIR
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    contents = {"train-images-idx3-ubyte": _idx_bytes(rng.integers(0, 256, (30, 28, 28))),
+                "train-labels-idx1-ubyte": _idx_bytes(np.arange(30) % 10)}
+    for stem, content in contents.items():
+        with gzip.open(raw / f"{stem}.gz", "wb") as f:
+            f.write(content)
+        monkeypatch.setitem(data.MNIST_MD5, f"{stem}.gz", data.md5sum(raw / f"{stem}.gz"))
+    for stem in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        shutil.copy(shipped / f"{stem}.gz", raw / f"{stem}.gz")
+        with gzip.open(raw / f"{stem}.gz", "rb") as f:
+            contents[stem] = f.read()
+    for stem, content in contents.items():
+        (raw / stem).write_bytes(content)
+    shutil.copytree(shipped, tmp_path / data.SHIPPED_DIR)
+    return tmp_path, contents
+
+
+def test_official_split_is_read_from_verified_files(official_copy, capsys):
+    root, contents = official_copy
+    split = load_mnist(root=root)
+    assert split.source == "mnist-official"
+    images = np.frombuffer(contents["train-images-idx3-ubyte"], dtype=np.uint8, offset=16).reshape(30, 1, 28, 28)
+    assert torch.equal(split.X_train, torch.tensor(images / 255.0, dtype=torch.float32))
+    assert split.y_train.tolist() == [i % 10 for i in range(30)]
+    assert split.X_test.shape == (10000, 1, 28, 28)
+    shipped = load_shipped_mnist(root=root)
+    assert sorted(split.y_test.tolist()) == sorted(shipped.y_train.tolist() + shipped.y_test.tolist())
+    printed = capsys.readouterr().out
+    assert "MNIST in the data directory" in printed and str(root) not in printed
+
+
+def test_official_edited_extracted_file_is_an_error(official_copy):
+    root, _ = official_copy
+    extracted = root / "MNIST" / "raw" / "train-labels-idx1-ubyte"
+    raw = bytearray(extracted.read_bytes())
+    raw[-1] = (raw[-1] + 1) % 10  # one label changed; the archive beside it is intact
+    extracted.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="train-labels-idx1-ubyte differs from its verified archive"):
+        load_mnist(root=root, verbose=False)
+
+
+def test_official_extracted_files_without_archives_are_not_used(official_copy):
+    root, _ = official_copy
+    for archive in (root / "MNIST" / "raw").glob("*.gz"):
+        archive.unlink()
+    with pytest.warns(UserWarning, match="missing.*shipped"):
+        split = load_mnist(root=root, verbose=False)
+    assert split.source == "mnist-t10k-shipped"
+
+
+def test_official_corrupt_archive_says_it_is_downloaded_again(official_copy):
+    root, _ = official_copy
+    archive = root / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz"
+    archive.write_bytes(archive.read_bytes()[:-1] + b"x")
+    with pytest.raises(ValueError, match="corrupt.*torchvision downloads it again"):
+        load_mnist(root=root, verbose=False)
+
+
+def test_corrupt_shipped_file_message_tells_the_truth(official_copy):
+    root, _ = official_copy
+    path = root / data.SHIPPED_DIR / "t10k-labels-idx1-ubyte.gz"
+    raw = bytearray(path.read_bytes())
+    raw[200] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="corrupt") as info:
+        load_shipped_mnist(root=root)
+    message = str(info.value)
+    assert "git checkout -- data/mnist_t10k/t10k-labels-idx1-ubyte.gz" in message
+    assert "never downloads into this folder" in message
+    assert "so that torchvision downloads it again" not in message
+
+
+TORCHVISION_OFFLINE = ("Error downloading train-images-idx3-ubyte.gz:\n"
+                       "Tried https://ossci-datasets.s3.amazonaws.com/mnist/, got:\n"
+                       "<urlopen error [Errno -3] Temporary failure in name resolution>\n"
+                       "Tried https://storage.googleapis.com/cvdf-datasets/mnist/, got:\n"
+                       "<urlopen error [Errno -3] Temporary failure in name resolution>\n")
+
+
+def _offline(monkeypatch, message=TORCHVISION_OFFLINE):
+    from torchvision.datasets import MNIST
+
+    def no_network(self):
+        raise RuntimeError(message)
+
+    monkeypatch.setattr(MNIST, "download", no_network)
+
+
+def test_fallback_warning_shows_the_cause_and_no_absolute_path(monkeypatch):
+    monkeypatch.delenv("CLBOOK_DATA", raising=False)
+    _offline(monkeypatch)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        split = load_mnist(verbose=False)  # the repository's data directory, as in the notebooks
+    assert split.source == "mnist-t10k-shipped"
+    (warning,) = [w for w in caught if "Official MNIST" in str(w.message)]
+    text = str(warning.message)
+    assert "Temporary failure in name resolution" in text and "\n" not in text
+    assert "in data/mnist_t10k instead" in text
+    assert str(REPO) not in text and "/work/" not in text
+
+
+def test_fallback_warning_outside_the_repository_names_the_data_directory(official_copy, monkeypatch):
+    root, _ = official_copy
+    shutil.rmtree(root / "MNIST")
+    _offline(monkeypatch, f"[Errno 13] Permission denied: '{root / 'MNIST' / 'raw'}'")
+    with pytest.warns(UserWarning) as record:
+        load_mnist(root=root, verbose=False)
+    text = str(record[0].message)
+    assert "Permission denied: '<data directory>/MNIST/raw'" in text
+    assert "mnist_t10k in the data directory" in text and str(root) not in text
