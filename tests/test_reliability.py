@@ -618,3 +618,81 @@ def test_fallback_warning_outside_the_repository_names_the_data_directory(offici
     text = str(record[0].message)
     assert "Permission denied: '<data directory>/MNIST/raw'" in text
     assert "mnist_t10k in the data directory" in text and str(root) not in text
+
+
+# ----------------------------------------------------------------------------- cluster and memory: sweep
+
+from clbook import cluster  # noqa: E402
+from clbook.memory import momentum_update  # noqa: E402
+
+
+def _gmm_params():
+    X = np.random.default_rng(0).normal(size=(12, 2))
+    return X, np.array([0.5, 0.5]), np.array([[0.0, 0.0], [1.0, 1.0]]), np.stack([np.eye(2), 2 * np.eye(2)])
+
+
+E_STEP_BAD = {
+    "nan weight": (lambda w, m, c: (np.array([np.nan, 1.0]), m, c), "weights"),
+    "nan mean": (lambda w, m, c: (w, np.where(np.eye(2, dtype=bool), np.nan, m), c), "means"),
+    "inf mean": (lambda w, m, c: (w, m + np.array([[np.inf, 0.0], [0.0, 0.0]]), c), "means"),
+    "nan covariance": (lambda w, m, c: (w, m, c * np.array([1.0, np.nan])[:, None, None]), "covariances"),
+    "asymmetric covariance": (lambda w, m, c: (w, m, c + np.array([[0.0, 0.5], [0.0, 0.0]])), "symmetric"),
+}
+
+
+@pytest.mark.parametrize("case", list(E_STEP_BAD))
+def test_gmm_e_step_rejects_bad_parameters_by_name(case):
+    X, w, m, c = _gmm_params()
+    change, word = E_STEP_BAD[case]
+    with pytest.raises(ValueError, match=word):
+        cluster.gmm_e_step(X, *change(w, m, c))
+
+
+def test_cluster_overflow_at_huge_magnitudes_is_an_error_not_nan():
+    X = np.random.default_rng(1).normal(size=(20, 2)) * 1e160  # squared distances overflow float64
+    with pytest.raises(ValueError, match="overflow"):
+        cluster.kmeans(X, 2, random_state=0)
+    with pytest.raises(ValueError, match="overflow"):
+        cluster.nearest_center(X, X[:2])
+    with pytest.raises(ValueError, match="overflow"):
+        cluster.gmm_e_step(X, [1.0], X[:1], np.eye(2)[None])
+    # Parameters out of scale with finite X: the log-density overflows; an error, not NaN responsibilities.
+    small = np.random.default_rng(1).normal(size=(5, 2))
+    with pytest.raises(ValueError, match="overflow"):
+        cluster.gmm_e_step(small, [1.0], [[1e200, 0.0]], np.eye(2)[None])
+    # Far from overflow, a scale change changes nothing.
+    Y = X / 1e160 * 1e100
+    assert cluster.kmeans(Y, 2, random_state=0).labels.tolist() == cluster.kmeans(Y / 1e100, 2, random_state=0).labels.tolist()
+
+
+def test_cluster_accepts_numpy_numbers_and_0d_tensors_and_leaves_arguments_unchanged():
+    X = np.random.default_rng(2).normal(size=(30, 2))
+    X0 = X.copy()
+    ref = cluster.gmm_em(X, 2, tol=1e-3, reg_covar=1e-6, random_state=0)
+    for k, tol, reg in [(np.int64(2), np.float32(1e-3), np.float32(1e-6)), (torch.tensor(2), torch.tensor(1e-3), 1e-6)]:
+        res = cluster.gmm_em(X, k, tol=tol, reg_covar=reg, random_state=0)
+        assert res.labels.tolist() == ref.labels.tolist()
+        assert cluster.kmeans(X, k, tol=tol, max_iter=np.int64(50), random_state=0).inertia == pytest.approx(
+            cluster.kmeans(X, 2, tol=1e-3, max_iter=50, random_state=0).inertia)
+    assert np.array_equal(X, X0)
+    init = X[:2].copy()
+    cluster.kmeans(X, 2, init=init)
+    assert np.array_equal(init, X[:2])
+    R = np.eye(2)[np.arange(30) % 2]
+    R0 = R.copy()
+    cluster.gmm_m_step(X, R)
+    assert np.array_equal(R, R0)
+
+
+def test_momentum_accepts_numpy_numbers_and_0d_tensors():
+    from torch import nn
+
+    for m in (np.float32(0.5), torch.tensor(0.5), np.float64(0.5)):
+        target, online = nn.Linear(2, 2), nn.Linear(2, 2)
+        expected = [0.5 * t.detach() + 0.5 * o.detach() for t, o in zip(target.parameters(), online.parameters())]
+        momentum_update(target, online, m)
+        for p, e in zip(target.parameters(), expected):
+            torch.testing.assert_close(p.detach(), e)
+    for bad in (True, np.nan, torch.ones(2), "0.5"):
+        with pytest.raises(ValueError, match="momentum"):
+            momentum_update(nn.Linear(2, 2), nn.Linear(2, 2), bad)
