@@ -352,6 +352,9 @@ def load_mnist(
         ``source`` is ``"mnist-official"`` (60,000 train / 10,000 test) or
         ``"mnist-t10k-shipped"`` (8,000 train / 2,000 held out by default).
     """
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.floating, np.integer)) \
+            or not (math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     root = data_dir(root)
     if download:
         try:

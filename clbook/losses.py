@@ -29,6 +29,7 @@ from functools import reduce
 
 import torch
 import torch.nn.functional as F
+from numpy import bool_ as np_bool
 from torch import Tensor, nn
 
 __all__ = [
@@ -376,6 +377,8 @@ def supcon_loss(
     temperature = _check_positive("temperature", temperature)
     if variant not in ("out", "in"):
         raise ValueError(f'variant must be "out" or "in", got {variant!r}')
+    if not isinstance(normalize, (bool, np_bool)):
+        raise ValueError(f"normalize must be True or False, got {normalize!r}")
     if labels is not None and mask is not None:
         raise ValueError("pass labels or mask, not both")
     n = features.shape[0]

@@ -75,6 +75,9 @@ def extract_features(encoder: nn.Module, X: Tensor, batch_size: int = 1024) -> T
 
     The encoder's train/eval mode is restored afterwards.
     """
+    batch_size = _check_int("batch_size", batch_size, 1)
+    if not isinstance(X, Tensor) or X.dim() == 0:
+        raise ValueError(f"X must be a tensor of inputs [N, ...], got {getattr(X, 'shape', type(X).__name__)}")
     was_training = encoder.training
     encoder.eval()
     try:

@@ -696,3 +696,18 @@ def test_momentum_accepts_numpy_numbers_and_0d_tensors():
     for bad in (True, np.nan, torch.ones(2), "0.5"):
         with pytest.raises(ValueError, match="momentum"):
             momentum_update(nn.Linear(2, 2), nn.Linear(2, 2), bad)
+
+
+SMALL_BAD = {
+    "supcon normalize": (lambda: supcon_loss(torch.randn(4, 3), normalize="no"), "normalize"),
+    "extract batch size": (lambda: __import__("clbook.training", fromlist=["x"]).extract_features(
+        make_encoder("mlp"), torch.randn(4, 4), batch_size=0), "batch_size"),
+    "load_mnist timeout": (lambda: load_mnist(timeout=-1.0), "timeout"),
+}
+
+
+@pytest.mark.parametrize("case", list(SMALL_BAD))
+def test_more_bad_arguments_are_named(case):
+    call, word = SMALL_BAD[case]
+    with pytest.raises(ValueError, match=word):
+        call()
