@@ -44,9 +44,12 @@ def show_matrix(
     """
     import matplotlib.pyplot as plt
 
-    m = _numpy(matrix).astype(float)
-    if m.ndim != 2:
-        raise ValueError(f"matrix must be 2-D, got shape {m.shape}")
+    try:
+        m = _numpy(matrix).astype(float)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"matrix must hold numbers: {err}") from None
+    if m.ndim != 2 or 0 in m.shape:
+        raise ValueError(f"matrix must be 2-D and non-empty, got shape {m.shape}")
     rows, cols = m.shape
     if row_labels is not None and len(row_labels) != rows:
         raise ValueError(f"{len(row_labels)} row labels for {rows} rows")

@@ -711,3 +711,17 @@ def test_more_bad_arguments_are_named(case):
     call, word = SMALL_BAD[case]
     with pytest.raises(ValueError, match=word):
         call()
+
+
+def test_show_matrix_rejects_empty_and_non_numeric_matrices():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from clbook.viz import show_matrix
+
+    for bad in (np.zeros((0, 0)), [[1.0, "a"]]):
+        with pytest.raises(ValueError, match="matrix"):
+            show_matrix(bad)
+    plt.close("all")
