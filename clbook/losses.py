@@ -510,12 +510,12 @@ def _supcon_in(z: Tensor, v: int, group: Tensor | None, mask: Tensor | None, fea
         group_rows = group.repeat_interleave(v)
         positive = group_rows[:, None] == group_rows[None, :]
     else:
-        # Row s * V + a holds sample s: broadcast each mask entry over a V x V block in one copy.
-        # With V = 1 that reshape is a view, and of the caller's own mask if it is boolean: copy it,
-        # since the diagonal is cleared and the mask inverted in place below.
-        positive = mask.bool()[:, None, :, None].expand(-1, v, -1, v).reshape(len(z), len(z))
-        if positive.data_ptr() == mask.data_ptr():
-            positive = positive.clone()
+        # Always a copy, never the caller's mask: the diagonal is cleared and the mask inverted in
+        # place below. Row s * V + a holds sample s: each mask entry covers a V x V block.
+        if v == 1:
+            positive = mask.to(torch.bool, copy=True)
+        else:
+            positive = mask.bool()[:, None, :, None].expand(-1, v, -1, v).reshape(len(z), len(z))
     positive.fill_diagonal_(False)
     has_pos = positive.any(dim=1)
     if not bool(has_pos.any()):

@@ -153,9 +153,9 @@ def knn_predict(train_feats: Tensor, train_y: Tensor, query_feats: Tensor, k: in
     """
     _check_xy(train_feats, train_y, "train_feats", "train_y")
     _check_feats(query_feats, "query_feats", width=train_feats.shape[1])
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= train_feats.shape[0]:
-        raise ValueError(f"k must be an integer in [1, {train_feats.shape[0]}] (rows of train_feats), got {k!r}")
-    k = int(k)
+    k = _check_int("k", k, 1)
+    if k > train_feats.shape[0]:
+        raise ValueError(f"k must be an integer in [1, {train_feats.shape[0]}] (rows of train_feats), got {k}")
     ref = F.normalize(train_feats.float(), dim=1)
     n_classes = int(train_y.max()) + 1
     preds = []
