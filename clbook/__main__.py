@@ -1,16 +1,41 @@
-"""Command line: ``python -m clbook reproduce [--quick] [--json FILE] [--progress]``.
+"""Command line: ``python -m clbook reproduce [--quick] [--json FILE [--overwrite]] [--progress]``.
 
 Runs the experiments of notebooks 04 and 05 headless and prints the results table; ``--json``
 also writes the rows as a JSON list of objects with keys ``dataset``, ``encoder``, ``method``,
-``linear_acc``, ``knn_acc``, ``seconds`` and ``data``.
+``linear_acc``, ``knn_acc``, ``seconds`` and ``data``. The file's path is checked before the run
+(an existing file is replaced only with ``--overwrite``), and the JSON is strict: a value that is
+not a finite number is written as ``null``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 import time
+from pathlib import Path
+
+
+def _json_path_problem(path: str, overwrite: bool) -> str | None:
+    """Why rows could not be written to ``path`` (None if they can), checked before a long run."""
+    target = Path(path)
+    if target.is_dir():
+        return f"--json {path} is a directory; give a file name"
+    if target.exists() and not overwrite:
+        return f"--json {path} exists; pass --overwrite to replace it, or choose another name"
+    parent = target.parent
+    if not parent.is_dir():
+        return f"--json {path}: the folder {parent} does not exist"
+    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        return f"--json {path}: no permission to write there"
+    return None
+
+
+def _strict(value):
+    """A JSON-safe value: NaN and infinities become None (``null``), which strict parsers accept."""
+    return value if not isinstance(value, float) or math.isfinite(value) else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,9 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("reproduce", help="run the experiments and print the results table")
     rep.add_argument("--quick", action="store_true", help="few epochs: a smoke test of about a minute")
     rep.add_argument("--json", metavar="FILE", help="also write the rows to FILE as JSON")
+    rep.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
     rep.add_argument("--progress", action="store_true", help="show progress bars while training")
     rep.add_argument("--data", metavar="DIR", help="data directory (default: CLBOOK_DATA or <repo>/data)")
     args = parser.parse_args(argv)
+    if args.json:
+        problem = _json_path_problem(args.json, args.overwrite)
+        if problem:
+            parser.error(problem)  # before the minutes-long run, not after it
 
     from clbook.data import load_mnist
     from clbook.experiments import format_table, reproduce
@@ -33,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(results))
     print(f"\nTotal: {time.perf_counter() - start:.0f} s" + (" (--quick: below the course's targets)" if args.quick else ""))
     if args.json:
+        rows = [{key: _strict(value) for key, value in r.row().items()} for r in results]
         with open(args.json, "w") as f:
-            json.dump([r.row() for r in results], f, indent=2)
+            json.dump(rows, f, indent=2, allow_nan=False)
             f.write("\n")
         print(f"Wrote {len(results)} rows to {args.json}")
     return 0

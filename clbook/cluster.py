@@ -9,7 +9,9 @@ Conventions
   posterior over components), then re-estimate weights, means and covariances from them.
 * The E-step works with log densities and normalises with log-sum-exp, so a point far from
   every component still gets responsibilities that sum to one instead of ``0 / 0 = NaN``.
-* Bad input (wrong rank, NaN or inf, ``k < 1``, more clusters than points) raises ``ValueError``.
+* Bad input (wrong rank, NaN or inf, ``k < 1``, more clusters than points, values so large that
+  squared distances would overflow float64) raises ``ValueError`` naming the argument. Numbers
+  may be Python or NumPy numbers or 0-d tensors. No argument is modified.
 
 The step functions (:func:`nearest_center`, :func:`gmm_e_step`, :func:`gmm_m_step`) are public so
 that the notebook can run the alternation one step at a time and draw it.
@@ -18,6 +20,7 @@ that the notebook can run the alternation one step at a time and draw it.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -110,6 +113,13 @@ class GMMResult:
 # ----------------------------------------------------------------------------- input checks
 
 
+def _number(value):
+    """A 0-d tensor or 0-d array as its Python number; anything else unchanged."""
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return value.item()
+    return value
+
+
 def _as_data(X, name: str = "X") -> np.ndarray:
     if hasattr(X, "detach"):  # a torch tensor; avoid importing torch here
         X = X.detach().cpu().numpy()
@@ -123,10 +133,18 @@ def _as_data(X, name: str = "X") -> np.ndarray:
         raise ValueError(f"{name} is empty (shape {list(X.shape)})")
     if not np.isfinite(X).all():
         raise ValueError(f"{name} contains NaN or infinite values")
+    # Sums of n squared distances over d coordinates stay below float64's maximum when every
+    # coordinate is below this (about 1e154 / sqrt(n d)); beyond it they would overflow to inf.
+    limit = math.sqrt(np.finfo(np.float64).max / X.size) / 2
+    largest = float(np.abs(X).max())
+    if largest > limit:
+        raise ValueError(f"{name} has values up to {largest:.3g}: squared distances would overflow float64 "
+                         f"(keep values below {limit:.3g}); rescale it")
     return X
 
 
 def _check_k(k, n: int) -> int:
+    k = _number(k)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise ValueError(f"k must be an integer, got {k!r}")
     if k < 1:
@@ -136,16 +154,22 @@ def _check_k(k, n: int) -> int:
     return int(k)
 
 
-def _check_iter_tol(max_iter, tol) -> None:
+def _non_negative(name: str, value) -> float:
+    value = _number(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a non-negative finite number, got {value!r}")
+    return float(value)
+
+
+def _check_iter_tol(max_iter, tol) -> tuple[int, float]:
+    max_iter = _number(max_iter)
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
-    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
-        raise ValueError(f"tol must be a non-negative finite number, got {tol!r}")
+    return int(max_iter), _non_negative("tol", tol)
 
 
-def _check_reg_covar(reg_covar) -> None:
-    if not (isinstance(reg_covar, (int, float)) and math.isfinite(reg_covar) and reg_covar >= 0):
-        raise ValueError(f"reg_covar must be a non-negative finite number, got {reg_covar!r}")
+def _check_reg_covar(reg_covar) -> float:
+    return _non_negative("reg_covar", reg_covar)
 
 
 def _as_centers(init, k: int, d: int, name: str) -> np.ndarray:
@@ -267,7 +291,7 @@ def kmeans(
     X = _as_data(X)
     n, d = X.shape
     k = _check_k(k, n)
-    _check_iter_tol(max_iter, tol)
+    max_iter, tol = _check_iter_tol(max_iter, tol)
     rng = np.random.default_rng(random_state)
     C = kmeans_plusplus(X, k, rng) if init is None else _as_centers(init, k, d, "init")
     # Scale the tolerance to the data so that the same tol means the same thing in any unit.
@@ -363,20 +387,34 @@ def gmm_e_step(X, weights, means, covariances) -> tuple[np.ndarray, float]:
         :math:`\frac1n \sum_i \log \sum_j \pi_j \mathcal N(x_i \mid \mu_j, \Sigma_j)`.
     """
     X = _as_data(X)
-    weights = np.asarray(weights, dtype=np.float64)
-    means = np.asarray(means, dtype=np.float64)
-    covariances = np.asarray(covariances, dtype=np.float64)
-    k, d = len(weights), X.shape[1]
-    if weights.shape != (k,) or means.shape != (k, d) or covariances.shape != (k, d, d):
+    params = {}
+    for name, value in (("weights", weights), ("means", means), ("covariances", covariances)):
+        try:
+            params[name] = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{name} must be a numeric array: {err}") from None
+    weights, means, covariances = params["weights"], params["means"], params["covariances"]
+    k, d = len(weights) if weights.ndim else 0, X.shape[1]
+    if k == 0 or weights.shape != (k,) or means.shape != (k, d) or covariances.shape != (k, d, d):
         raise ValueError(
-            f"expected weights [k], means [k, {d}], covariances [k, {d}, {d}]; got "
+            f"expected weights [k], means [k, {d}], covariances [k, {d}, {d}] with k >= 1; got "
             f"{list(weights.shape)}, {list(means.shape)}, {list(covariances.shape)}"
         )
+    for name, value in params.items():
+        if not np.isfinite(value).all():
+            raise ValueError(f"{name} contains NaN or infinite values")
     if (weights < 0).any() or not np.isclose(weights.sum(), 1.0):
         raise ValueError("weights must be non-negative and sum to one")
-    with np.errstate(divide="ignore"):  # a zero weight is a legal -inf log prior
+    # Cholesky reads only the lower triangle: an asymmetric matrix would be silently replaced.
+    if not np.allclose(covariances, covariances.transpose(0, 2, 1), rtol=1e-8, atol=0.0):
+        raise ValueError("covariances must be symmetric matrices")
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # a zero weight is a legal -inf log prior
         log_joint = np.log(weights) + _log_gaussian(X, means, covariances)
-    log_px = _logsumexp_rows(log_joint)
+        log_px = _logsumexp_rows(log_joint)
+    if not np.isfinite(log_px).all():
+        i = int(np.flatnonzero(~np.isfinite(log_px))[0])
+        raise ValueError(f"the density of point {i} under every component is beyond float64's range (overflow "
+                         "or underflow of its log-density): means or covariances far out of scale with X")
     return np.exp(log_joint - log_px[:, None]), float(log_px.mean())
 
 
@@ -409,7 +447,7 @@ def gmm_m_step(X, responsibilities, reg_covar: float = 1e-6) -> tuple[np.ndarray
         raise ValueError(f"responsibilities must have shape [{X.shape[0]}, k], got {list(R.shape)}")
     if not np.isfinite(R).all() or (R < 0).any():
         raise ValueError("responsibilities must be finite and non-negative")
-    _check_reg_covar(reg_covar)
+    reg_covar = _check_reg_covar(reg_covar)
     nk = R.sum(axis=0) + _MASS_EPS
     means = (R.T @ X) / nk[:, None]
     d = X.shape[1]
@@ -470,8 +508,8 @@ def gmm_em(
     X = _as_data(X)
     n, d = X.shape
     k = _check_k(k, n)
-    _check_iter_tol(max_iter, tol)
-    _check_reg_covar(reg_covar)
+    max_iter, tol = _check_iter_tol(max_iter, tol)
+    reg_covar = _check_reg_covar(reg_covar)
     if init_means is None:
         means = kmeans(X, k, random_state=random_state).centers
     else:

@@ -15,7 +15,11 @@ MNIST: :func:`load_mnist` first asks ``torchvision.datasets.MNIST`` for the offi
 10,000 split, downloading it when needed. Without network it falls back to the official *test*
 split that ships with the repository in ``data/mnist_t10k/``, divided into 8,000 training and
 2,000 held-out digits (stratified, fixed seed). Either way it prints which data it uses and
-records it in ``Split.source``, and every file is checked against its published MD5 first.
+records it in ``Split.source``. The digits are always read from the ``.gz`` archives, each
+checked against its published MD5 first; for the official split, the extracted copies that
+torchvision keeps beside them (and reads itself) must match their verified archive byte for byte.
+Messages name folders relative to the repository (``data/mnist_t10k``) or to the data directory,
+never as one machine's absolute paths.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import gzip
 import hashlib
 import math
 import os
+import re
 import socket
 import warnings
 from dataclasses import dataclass
@@ -114,27 +119,68 @@ def md5sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _verified(path: Path) -> Path:
-    """Return ``path`` if it exists and matches its published MD5, else raise a clear error."""
+_REPO = Path(__file__).resolve().parent.parent
+
+
+def _shown(path: Path, root: Path | None = None) -> str:
+    """``path`` as printed in messages: relative to the repository (``data/mnist_t10k``) or to the
+    data directory (``mnist_t10k in the data directory``), an absolute path only as a last resort."""
+    for base, template in ((_REPO, "{}"), (root, "{} in the data directory")):
+        if base is not None:
+            try:
+                return template.format(path.resolve().relative_to(base.resolve()).as_posix())
+            except ValueError:
+                pass
+    return str(path)
+
+
+def _cause(err: BaseException, root: Path) -> str:
+    """The whole message of ``err`` on one line, with the data directory's absolute path replaced.
+
+    torchvision's download error spans several lines ("Error downloading ...:", then one "Tried
+    <mirror>, got: <reason>" per mirror); its first line alone says nothing about the reason.
+    """
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or repr(err)
+    name = _shown(root)  # "data" for the repository's own data directory
+    if name == str(root):
+        name = "<data directory>"
+    for absolute in sorted({str(root), str(root.resolve())}, key=len, reverse=True):
+        text = text.replace(absolute, name)
+    return re.sub(r"\s+", " ", text)
+
+
+def _verified(path: Path, shipped: bool) -> Path:
+    """Return ``path`` if it exists and matches its published MD5, else raise a clear error.
+
+    ``shipped``: the file is one of the repository's own (``data/mnist_t10k``), which nothing
+    downloads again; otherwise it is in torchvision's download folder.
+    """
     expected = MNIST_MD5[path.name]
+    if shipped:
+        where = f"data/{SHIPPED_DIR}/{path.name}"
+        remedy = (f"The repository ships it as {where}: restore it with `git checkout -- {where}` (torchvision "
+                  "never downloads into this folder, so deleting it loses the offline copy), or point "
+                  "CLBOOK_DATA (or root=) at a directory that has an intact copy.")
+    else:
+        remedy = ("Delete it: with network, torchvision downloads it again on the next load_mnist(); "
+                  "without, load_mnist() falls back to the shipped test split.")
     if not path.is_file():
-        raise FileNotFoundError(
-            f"MNIST file {path} is missing. The repository ships data/{SHIPPED_DIR}/{path.name}; "
-            "restore it with git, or point CLBOOK_DATA (or root=) at a directory that has it."
-        )
+        raise FileNotFoundError(f"MNIST file {path} is missing. {remedy}")
     actual = md5sum(path)
     if actual != expected:
-        raise ValueError(
-            f"MNIST file {path} is corrupt: MD5 {actual}, expected {expected}. "
-            "Restore it from git (or delete it so that torchvision downloads it again)."
-        )
+        raise ValueError(f"MNIST file {path} is corrupt: MD5 {actual}, expected {expected}. {remedy}")
     return path
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    """Read a gzipped IDX file (the MNIST format) into a uint8 array."""
+def _gunzip(path: Path) -> bytes:
     with gzip.open(path, "rb") as f:
-        raw = f.read()
+        return f.read()
+
+
+def _read_idx(path: Path, raw: bytes | None = None) -> np.ndarray:
+    """Read a gzipped IDX file (the MNIST format), or its content ``raw``, into a uint8 array."""
+    if raw is None:
+        raw = _gunzip(path)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise ValueError(f"{path} is not an unsigned-byte IDX file")
     ndim = raw[3]
@@ -207,28 +253,47 @@ def load_iris(test_size: float = 0.3, seed: int = 0) -> Split:
 _DIGITS = [str(d) for d in range(10)]
 
 
+def _read_official(raw_folder: Path, name: str) -> np.ndarray:
+    """One official MNIST file, from its MD5-verified archive ``name`` in ``raw_folder``.
+
+    torchvision keeps an extracted copy beside each archive and reads that copy, not the archive,
+    so a copy that differs from its verified archive (edited, truncated) is an error too.
+    """
+    archive = _verified(raw_folder / name, shipped=False)
+    content = _gunzip(archive)
+    extracted = raw_folder / name.removesuffix(".gz")
+    if extracted.exists() and (extracted.stat().st_size != len(content) or extracted.read_bytes() != content):
+        raise ValueError(
+            f"MNIST file {extracted} differs from its verified archive {archive.name}: it was edited or damaged. "
+            "Delete it; torchvision extracts it again from the archive (no download needed)."
+        )
+    return _read_idx(archive, content)
+
+
 def _official_mnist(root: Path, timeout: float) -> Split:
-    """The official MNIST split via torchvision, downloading it into ``root/MNIST`` if needed."""
+    """The official MNIST split via torchvision, downloading it into ``root/MNIST`` if needed.
+
+    torchvision only downloads; the digits are read here from the verified archives (see
+    :func:`_read_official`), since torchvision checks nothing it did not just download itself.
+    """
     from torchvision.datasets import MNIST
 
     # urllib has no default timeout; without one a half-open network could hang a notebook.
     old_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout)
     try:
-        train = MNIST(root=str(root), train=True, download=True)
-        test = MNIST(root=str(root), train=False, download=True)
+        train = MNIST(root=str(root), train=True, download=True)  # downloads all four files if needed
     finally:
         socket.setdefaulttimeout(old_timeout)
-    # torchvision checked the archives right after downloading; check them again before use,
-    # since they may have been downloaded long ago or copied in by hand.
-    raw = Path(train.raw_folder)
-    for name in MNIST_MD5:
-        if (raw / name).exists():
-            _verified(raw / name)
-    to_x = lambda t: t.data.float().div(255.0).unsqueeze(1)  # noqa: E731
-    return Split(
-        to_x(train), train.targets.long(), to_x(test), test.targets.long(), SOURCE_OFFICIAL, _DIGITS
-    )
+    raw_folder = Path(train.raw_folder)
+    parts = []
+    for part in ("train", "t10k"):
+        images = _read_official(raw_folder, f"{part}-images-idx3-ubyte.gz")
+        labels = _read_official(raw_folder, f"{part}-labels-idx1-ubyte.gz")
+        if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != images.shape[:1]:
+            raise ValueError(f"unexpected shapes {images.shape}, {labels.shape} of {part} in {raw_folder}")
+        parts += _to_tensors(images, labels)
+    return Split(*parts, SOURCE_OFFICIAL, _DIGITS)
 
 
 def load_shipped_mnist(
@@ -247,8 +312,8 @@ def load_shipped_mnist(
         If a file does not match its published MD5 or is malformed.
     """
     folder = data_dir(root) / SHIPPED_DIR
-    images = _read_idx(_verified(folder / "t10k-images-idx3-ubyte.gz"))
-    labels = _read_idx(_verified(folder / "t10k-labels-idx1-ubyte.gz"))
+    images = _read_idx(_verified(folder / "t10k-images-idx3-ubyte.gz", shipped=True))
+    labels = _read_idx(_verified(folder / "t10k-labels-idx1-ubyte.gz", shipped=True))
     if images.shape != (10000, 28, 28) or labels.shape != (10000,):
         raise ValueError(f"unexpected shapes {images.shape}, {labels.shape} in {folder}")
     X, y = _to_tensors(images, labels)
@@ -287,20 +352,22 @@ def load_mnist(
         ``source`` is ``"mnist-official"`` (60,000 train / 10,000 test) or
         ``"mnist-t10k-shipped"`` (8,000 train / 2,000 held out by default).
     """
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.floating, np.integer)) \
+            or not (math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     root = data_dir(root)
     if download:
         try:
             split = _official_mnist(root, timeout)
         except (RuntimeError, OSError) as err:  # URLError is an OSError
-            first_line = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
             warnings.warn(
-                f"Official MNIST unavailable ({first_line}); using the test split shipped in "
-                f"{root / SHIPPED_DIR} instead.",
+                f"Official MNIST unavailable ({_cause(err, root)}); using the test split shipped in "
+                f"{_shown(root / SHIPPED_DIR, root)} instead.",
                 stacklevel=2,
             )
         else:
             if verbose:
-                print(f"MNIST: official split from {root / 'MNIST'} ({split.source}), "
+                print(f"MNIST: official split from {_shown(root / 'MNIST', root)} ({split.source}), "
                       f"{len(split.y_train)} train / {len(split.y_test)} test digits")
             return split
     split = load_shipped_mnist(root, n_test=n_test, seed=seed)

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 
@@ -27,8 +29,11 @@ def momentum_update(target: nn.Module, online: nn.Module, m: float) -> None:
     Buffers (e.g. BatchNorm's running statistics) are copied, not averaged. Raises ``ValueError``
     if the two modules do not have the same parameter and buffer names and shapes.
     """
-    if not (isinstance(m, (int, float)) and 0.0 <= float(m) <= 1.0):
+    if isinstance(m, torch.Tensor) and m.dim() == 0 and m.dtype != torch.bool and not m.is_complex():
+        m = float(m)  # a 0-d tensor, e.g. a scheduled momentum
+    if isinstance(m, bool) or not (isinstance(m, numbers.Real) and 0.0 <= float(m) <= 1.0):  # NaN fails too
         raise ValueError(f"momentum m must be a number in [0, 1], got {m!r}")
+    m = float(m)
     t_params, o_params = dict(target.named_parameters()), dict(online.named_parameters())
     t_bufs, o_bufs = dict(target.named_buffers()), dict(online.named_buffers())
     for kind, t, o in (("parameter", t_params, o_params), ("buffer", t_bufs, o_bufs)):

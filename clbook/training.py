@@ -13,6 +13,8 @@ Evaluation hygiene, used throughout the course
 from __future__ import annotations
 
 import copy
+import math
+import numbers
 import random
 import time
 from contextlib import contextmanager
@@ -73,6 +75,9 @@ def extract_features(encoder: nn.Module, X: Tensor, batch_size: int = 1024) -> T
 
     The encoder's train/eval mode is restored afterwards.
     """
+    batch_size = _check_int("batch_size", batch_size, 1)
+    if not isinstance(X, Tensor) or X.dim() == 0:
+        raise ValueError(f"X must be a tensor of inputs [N, ...], got {getattr(X, 'shape', type(X).__name__)}")
     was_training = encoder.training
     encoder.eval()
     try:
@@ -85,11 +90,51 @@ def extract_features(encoder: nn.Module, X: Tensor, batch_size: int = 1024) -> T
 # ----------------------------------------------------------------------------- kNN
 
 
-def _check_xy(feats: Tensor, y: Tensor, name: str) -> None:
-    if feats.dim() != 2:
-        raise ValueError(f"{name} features must have shape [N, D], got {tuple(feats.shape)}")
-    if y.dim() != 1 or y.shape[0] != feats.shape[0]:
-        raise ValueError(f"{name} labels must have shape [{feats.shape[0]}], got {tuple(y.shape)}")
+def _check_int(name: str, value, minimum: int) -> int:
+    """``value`` as an int if it is an integer (Python, NumPy or 0-d tensor) >= ``minimum``."""
+    if isinstance(value, Tensor) and value.dim() == 0 and not value.is_floating_point() and value.dtype != torch.bool:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_real(name: str, value, minimum: float = 0.0, strict: bool = True) -> float:
+    """``value`` as a finite float (Python, NumPy or 0-d tensor) > ``minimum`` (>= if not strict)."""
+    if isinstance(value, Tensor) and value.dim() == 0 and value.dtype != torch.bool and not value.is_complex():
+        value = float(value.detach())
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (value <= minimum if strict else value < minimum):
+        relation = ">" if strict else ">="
+        raise ValueError(f"{name} must be a finite number {relation} {minimum}, got {value!r}")
+    return float(value)
+
+
+def _check_feats(feats: Tensor, name: str, width: int | None = None) -> None:
+    """Features ``[N, D]``: a non-empty tensor, ``width`` columns if given, no NaN or inf."""
+    if not isinstance(feats, Tensor) or feats.dim() != 2:
+        shape = tuple(feats.shape) if isinstance(feats, Tensor) else type(feats).__name__
+        raise ValueError(f"{name} must be a tensor of shape [N, D], got {shape}")
+    if feats.shape[0] == 0 or feats.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(feats.shape)})")
+    if width is not None and feats.shape[1] != width:
+        raise ValueError(f"{name} has {feats.shape[1]} columns, expected {width} (the reference's D)")
+    if feats.is_floating_point() and not bool(torch.isfinite(feats).all()):
+        # A NaN row would be every query's nearest neighbour, a NaN feature a NaN probe.
+        raise ValueError(f"{name} contains NaN or infinite values")
+
+
+def _check_xy(feats: Tensor, y: Tensor, feats_name: str, y_name: str) -> None:
+    """Features ``[N, D]`` (see :func:`_check_feats`) and integer class labels ``[N]``, all >= 0."""
+    _check_feats(feats, feats_name)
+    if not isinstance(y, Tensor) or y.dim() != 1 or y.shape[0] != feats.shape[0]:
+        shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+        raise ValueError(f"{y_name} (labels) must have shape [{feats.shape[0]}], one per row of {feats_name}; "
+                         f"got {shape}")
+    if y.is_floating_point() or y.is_complex():
+        raise ValueError(f"{y_name} must hold integer class labels, got dtype {y.dtype}")
+    if int(y.min()) < 0:
+        raise ValueError(f"{y_name} must hold class labels >= 0, got {int(y.min())}")
 
 
 def knn_predict(train_feats: Tensor, train_y: Tensor, query_feats: Tensor, k: int = 10) -> Tensor:
@@ -106,9 +151,11 @@ def knn_predict(train_feats: Tensor, train_y: Tensor, query_feats: Tensor, k: in
     -------
     Tensor, shape [M], int64
     """
-    _check_xy(train_feats, train_y, "train")
-    if not 1 <= k <= train_feats.shape[0]:
-        raise ValueError(f"k must be in [1, {train_feats.shape[0]}], got {k}")
+    _check_xy(train_feats, train_y, "train_feats", "train_y")
+    _check_feats(query_feats, "query_feats", width=train_feats.shape[1])
+    k = _check_int("k", k, 1)
+    if k > train_feats.shape[0]:
+        raise ValueError(f"k must be an integer in [1, {train_feats.shape[0]}] (rows of train_feats), got {k}")
     ref = F.normalize(train_feats.float(), dim=1)
     n_classes = int(train_y.max()) + 1
     preds = []
@@ -122,7 +169,7 @@ def knn_predict(train_feats: Tensor, train_y: Tensor, query_feats: Tensor, k: in
 
 def knn_accuracy(train_feats: Tensor, train_y: Tensor, test_feats: Tensor, test_y: Tensor, k: int = 10) -> float:
     """Fraction of ``test_feats`` whose kNN label (see :func:`knn_predict`) equals ``test_y``."""
-    _check_xy(test_feats, test_y, "test")
+    _check_xy(test_feats, test_y, "test_feats", "test_y")
     return (knn_predict(train_feats, train_y, test_feats, k) == test_y).float().mean().item()
 
 
@@ -215,7 +262,8 @@ def pretrain(
         Keyword arguments for a method given by name, e.g. ``{"queue_size": 4096}`` for MoCo.
     epochs, batch_size, lr, weight_decay
         Adam optimisation settings. The last incomplete batch is dropped, so that every batch
-        has enough negatives.
+        has enough negatives. ``batch_size`` must be at least 2 (a batch of one has no
+        negatives) and is capped at N, which must be at least 2 too.
     cosine : bool, default True
         Decay the learning rate from ``lr`` to 0 along a cosine over all steps (as in the SimCLR
         and SupCon papers); the last epochs then refine instead of jumping around.
@@ -243,6 +291,28 @@ def pretrain(
     -------
     History
     """
+    if not isinstance(X, Tensor):
+        raise ValueError(f"X must be a torch.Tensor of training inputs [N, ...], got {type(X).__name__}")
+    if X.dim() == 0 or X.shape[0] < 2:
+        raise ValueError(f"X has {X.shape[0] if X.dim() else 0} sample(s): contrastive pre-training needs at "
+                         "least 2 (the negatives of a sample are the others in its batch)")
+    if X.is_floating_point() and not bool(torch.isfinite(X).all()):
+        raise ValueError("X contains NaN or infinite values")
+    if y is not None:
+        if not isinstance(y, Tensor) or y.dim() != 1:
+            raise ValueError(f"y must be a tensor of labels [N], got "
+                             f"{tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__}")
+        if y.is_floating_point() and not bool(torch.isfinite(y).all()):
+            raise ValueError("y contains NaN or infinite values")
+    epochs = _check_int("epochs", epochs, 1)
+    # A batch of one has no negatives: every loss is 0 and nothing would be learnt.
+    batch_size = _check_int("batch_size", batch_size, 2)
+    lr = _check_real("lr", lr)
+    weight_decay = _check_real("weight_decay", weight_decay, strict=False)
+    temperature = _check_real("temperature", temperature)
+    knn_k = _check_int("knn_k", knn_k, 1)
+    if val is not None and (not isinstance(val, (tuple, list)) or len(val) != 4):
+        raise ValueError("val must be a tuple (X_ref, y_ref, X_val, y_val)")
     if isinstance(method, str) and method in METHODS:
         method = make_method(method, temperature, **(method_options or {}))
     elif method_options:
@@ -365,11 +435,12 @@ class LinearProbe:
     @torch.no_grad()
     def predict(self, feats: Tensor) -> Tensor:
         """Class labels ``[N]`` for features ``[N, D]``."""
+        _check_feats(feats, "feats", width=self.mean.shape[0])
         return self.linear((feats - self.mean) / self.std).argmax(dim=1)
 
     def accuracy(self, feats: Tensor, y: Tensor) -> float:
         """Fraction of correct predictions."""
-        _check_xy(feats, y, "probe")
+        _check_xy(feats, y, "feats", "y")
         return (self.predict(feats) == y).float().mean().item()
 
 
@@ -405,11 +476,15 @@ def fit_linear_probe(
     -------
     LinearProbe
     """
-    _check_xy(train_feats, train_y, "train")
+    _check_xy(train_feats, train_y, "train_feats", "train_y")
+    if (val_feats is None) != (val_y is None):
+        raise ValueError("pass both val_feats and val_y, or neither")
     if val_feats is not None:
-        if val_y is None:
-            raise ValueError("val_feats given without val_y")
-        _check_xy(val_feats, val_y, "validation")
+        _check_xy(val_feats, val_y, "val_feats", "val_y")
+        _check_feats(val_feats, "val_feats", width=train_feats.shape[1])
+    weight_decay = _check_real("weight_decay", weight_decay, strict=False)
+    steps = _check_int("steps", steps, 1)
+    lr = _check_real("lr", lr)
     train_feats = train_feats.detach().float()
     mean = train_feats.mean(dim=0)
     std = train_feats.std(dim=0)
@@ -467,13 +542,18 @@ def evaluate_frozen(
     """
     from clbook.data import train_val_split
 
-    _check_xy(train_feats, train_y, "train")
-    _check_xy(test_feats, test_y, "test")
+    _check_xy(train_feats, train_y, "train_feats", "train_y")
+    _check_xy(test_feats, test_y, "test_feats", "test_y")
+    _check_feats(test_feats, "test_feats", width=train_feats.shape[1])
+    if not weight_decays:
+        raise ValueError("weight_decays is empty: give at least one weight decay to choose from")
     f_fit, y_fit, f_val, y_val = train_val_split(train_feats, train_y, val_size, seed)
     scores = {wd: fit_linear_probe(f_fit, y_fit, weight_decay=wd, seed=seed).accuracy(f_val, y_val)
               for wd in weight_decays}
     wd = max(scores, key=scores.get)  # ties: the first, i.e. the smallest listed penalty
     knn_scores = {k: knn_accuracy(f_fit, y_fit, f_val, y_val, k) for k in ks if k <= len(y_fit)}
+    if not knn_scores:
+        raise ValueError(f"ks: no k in {list(ks)} fits the {len(y_fit)} training features left after validation")
     k = max(knn_scores, key=knn_scores.get)
     probe = fit_linear_probe(train_feats, train_y, weight_decay=wd, seed=seed)
     return {

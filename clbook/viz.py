@@ -44,9 +44,12 @@ def show_matrix(
     """
     import matplotlib.pyplot as plt
 
-    m = _numpy(matrix).astype(float)
-    if m.ndim != 2:
-        raise ValueError(f"matrix must be 2-D, got shape {m.shape}")
+    try:
+        m = _numpy(matrix).astype(float)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"matrix must hold numbers: {err}") from None
+    if m.ndim != 2 or 0 in m.shape:
+        raise ValueError(f"matrix must be 2-D and non-empty, got shape {m.shape}")
     rows, cols = m.shape
     if row_labels is not None and len(row_labels) != rows:
         raise ValueError(f"{len(row_labels)} row labels for {rows} rows")
@@ -80,25 +83,66 @@ def tsne_embed(features, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
     from sklearn.manifold import TSNE
 
     x = _numpy(features).astype(np.float32)
-    if x.ndim != 2:
-        raise ValueError(f"features must have shape [N, D], got {x.shape}")
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"features must have shape [N, D] with N, D > 0, got {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("features contain NaN or infinite values (or values beyond float32's range)")
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
 
 
+def _class_colours(classes: np.ndarray) -> list:
+    """One distinct colour per class. Up to ten classes given as integers 0-9 keep tab10's colour
+    of their value (digit 3 has the same colour in every panel, whichever classes it shows)."""
+    import matplotlib.pyplot as plt
+
+    if len(classes) <= 10 and classes.dtype.kind in "iu" and classes.min() >= 0 and classes.max() < 10:
+        return [plt.cm.tab10(int(c)) for c in classes]
+    if len(classes) <= 10:
+        return [plt.cm.tab10(i) for i in range(len(classes))]
+    if len(classes) <= 20:
+        return [plt.cm.tab20(i) for i in range(len(classes))]
+    return [plt.cm.turbo(i / (len(classes) - 1)) for i in range(len(classes))]
+
+
 def plot_embedding(points, labels, ax=None, title: str | None = None, class_names=None):
-    """Scatter of 2-D points ``[N, 2]`` coloured by integer label, with a legend."""
+    """Scatter of 2-D points ``[N, 2]``, one colour per class, with a legend entry per class.
+
+    ``labels`` may be integers, floats holding whole numbers (``0.0`` is class 0), or any other
+    values (strings, fractions), which are then distinct classes in sorted order. ``class_names``,
+    if given, is indexed by the integer label (or by the class's position for other labels).
+    """
     import matplotlib.pyplot as plt
 
     p, y = _numpy(points), _numpy(labels)
-    if p.ndim != 2 or p.shape[1] != 2 or len(y) != len(p):
+    if p.ndim != 2 or p.shape[1] != 2 or y.ndim != 1 or len(y) != len(p):
         raise ValueError(f"need points [N, 2] and labels [N], got {p.shape} and {y.shape}")
+    if not np.isfinite(p).all():
+        raise ValueError("points contain NaN or infinite values")
+    if y.dtype.kind == "f":
+        if not np.isfinite(y).all():
+            raise ValueError("labels contain NaN or infinite values")
+        if np.array_equal(y, np.round(y)):
+            # Whole-number floats (e.g. labels that went through a float tensor) are the integer
+            # classes; a colormap would read 0.0-1.0 as a position and clip 2.0-9.0 to one colour.
+            y = y.astype(np.int64)
+    elif y.dtype.kind == "b":
+        y = y.astype(np.int64)
+    classes = np.unique(y)
+    if class_names is not None:
+        named = y.dtype.kind in "iu" and classes.min() >= 0
+        needed = int(classes.max()) + 1 if named else len(classes)
+        if len(class_names) < needed:
+            raise ValueError(f"class_names has {len(class_names)} names; labels need {needed}")
     if ax is None:
         _, ax = plt.subplots(figsize=(4.5, 4.5), dpi=90)
-    for c in np.unique(y):
+    for i, (c, colour) in enumerate(zip(classes, _class_colours(classes))):
         sel = y == c
-        name = class_names[c] if class_names is not None else str(c)
-        ax.scatter(p[sel, 0], p[sel, 1], s=4, color=plt.cm.tab10(c % 10), label=name)
+        if class_names is None:
+            name = str(c)
+        else:
+            name = class_names[int(c)] if named else class_names[i]
+        ax.scatter(p[sel, 0], p[sel, 1], s=4, color=colour, label=name)
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
