@@ -116,7 +116,8 @@ class MemoryBank(nn.Module):
     -----
     :meth:`update` sets :math:`v_i \leftarrow \operatorname{normalize}(m v_i + (1 - m) f_i)` with
     :math:`f_i` the L2-normalized new feature. Until sample i is first updated its row is a random
-    unit vector; ``seen[i]`` says whether it has been updated.
+    unit vector, and ``seen[i]`` is False; the first update stores :math:`f_i` itself (averaging
+    with a random vector would only add noise).
     """
 
     bank: Tensor
@@ -158,8 +159,8 @@ class MemoryBank(nn.Module):
         if torch.unique(idx).numel() != idx.numel():
             raise ValueError("indices must be distinct")
         f = F.normalize(features.detach().to(self.bank.device, self.bank.dtype), dim=1)
-        mixed = self.momentum * self.bank[idx] + (1.0 - self.momentum) * f
-        self.bank[idx] = F.normalize(mixed, dim=1)
+        m = torch.where(self.seen[idx], self.momentum, 0.0).to(f.dtype)[:, None]  # [B, 1]
+        self.bank[idx] = F.normalize(m * self.bank[idx] + (1.0 - m) * f, dim=1)
         self.seen[idx] = True
 
     def negatives(self, k: int, exclude: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:

@@ -237,11 +237,16 @@ class MemoryBankMethod(Method):
     seed : int, default 0
         Seeds the bank's random initial vectors and the draws of negatives.
 
+    A sample met for the first time (epoch 1) has only a random initial vector; its feature is
+    stored before the loss is computed, so its positive term is constant and only its negatives
+    teach. (Pulling features towards random vectors, as a random positive would, made the encoder
+    worse than untrained on MNIST.)
+
     Logged per epoch (``History.metrics``): ``bank_cos``, the mean cosine between a sample's stored
-    vector and its current feature, measured just before the update. In epoch 1 the stored vectors
-    are the random initial ones (cosine near 0); from epoch 2 on each was written about an epoch
-    earlier. It measures staleness and augmentation together: the stored vector came from another
-    augmented view.
+    vector and its current feature, measured just before the update, over samples stored in an
+    earlier step: from epoch 2 on, when each stored vector is about an epoch old. (Epoch 1 has no
+    such sample and logs NaN.) It measures staleness and augmentation together: the stored vector
+    came from another augmented view.
     """
 
     name = "memory_bank"
@@ -281,10 +286,16 @@ class MemoryBankMethod(Method):
                 raise ValueError(f"num_negatives = {self.num_negatives} exceeds the {self.num_samples} training "
                                  f"samples minus a batch of {len(index)}")
             self.bank = MemoryBank(self.num_samples, f.shape[1], self.bank_momentum, generator=self._gen).to(f.device)
+        seen = self.bank.seen[index.to(self.bank.seen.device)].to(f.device)  # [B]
+        if not bool(seen.all()):
+            # A sample met for the first time has no stored vector yet, only a random one; pulling
+            # its feature towards that random direction would teach the encoder noise. Store the
+            # feature first: its positive term is then constant, and only the negatives teach.
+            self.bank.update(index[~seen.cpu()], f.detach()[~seen])
         positive = self.bank.get(index)  # [B, D], the samples' own stored vectors
         negatives = self.bank.negatives(self.num_negatives, exclude=index, generator=self._gen)  # [K, D]
-        with torch.no_grad():
-            cos = (F.normalize(f.detach().float(), dim=1) * positive.float()).sum(1)
+        with torch.no_grad():  # staleness, over samples stored in an earlier step
+            cos = (F.normalize(f.detach().float(), dim=1) * positive.float()).sum(1)[seen]
             self._sums += torch.stack([cos.sum().cpu(), torch.tensor(float(cos.numel()))])
         self._pending = (index, f.detach())
         return info_nce_loss(f, positive, negatives, self.temperature)
@@ -295,7 +306,8 @@ class MemoryBankMethod(Method):
         self._pending = None
 
     def end_epoch(self, encoder: nn.Module, head: nn.Module) -> dict[str, float]:
-        return {"bank_cos": float(self._sums[0]) / max(float(self._sums[1]), 1.0)}
+        count = float(self._sums[1])
+        return {"bank_cos": float(self._sums[0]) / count if count else float("nan")}
 
 
 METHODS["moco"] = MoCo

@@ -118,17 +118,22 @@ def test_queue_input_checks():
 
 def test_bank_update_formula_against_hand_computation():
     bank = MemoryBank(4, 2, momentum=0.5, generator=torch.Generator().manual_seed(0))
-    bank.bank.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [-1.0, 0.0]]))
+    # A first update stores the (normalized) feature itself: the random initial row is not averaged in.
+    bank.update(torch.tensor([0, 2, 3]), torch.tensor([[2.0, 0.0], [0.6, 0.8], [-1.0, 0.0]]))
+    torch.testing.assert_close(bank.get(torch.tensor([0, 2, 3])), torch.tensor([[1.0, 0.0], [0.6, 0.8], [-1.0, 0.0]]))
+    assert bank.seen.tolist() == [True, False, True, True]
+    row1 = bank.get(torch.tensor([1]))
     bank.update(torch.tensor([0, 2]), torch.tensor([[0.0, 3.0], [-0.8, 0.6]]))
     # Row 0: normalize(0.5 * (1, 0) + 0.5 * (0, 1)) = (1, 1) / sqrt(2).
     # Row 2: normalize(0.5 * (0.6, 0.8) + 0.5 * (-0.8, 0.6)) = (-0.2, 1.4) / sqrt(2).
     s = 2 ** 0.5
-    expected = torch.tensor([[1 / s, 1 / s], [0.0, 1.0], [-0.2 / s, 1.4 / s], [-1.0, 0.0]])
-    torch.testing.assert_close(bank.bank, expected)
-    assert bank.seen.tolist() == [True, False, True, False]
+    expected = torch.tensor([[1 / s, 1 / s], [-0.2 / s, 1.4 / s], [-1.0, 0.0]])
+    torch.testing.assert_close(bank.get(torch.tensor([0, 2, 3])), expected)
+    assert torch.equal(bank.get(torch.tensor([1])), row1)  # untouched rows stay as they were
     zero = MemoryBank(3, 2, momentum=0.0)
     zero.update(torch.tensor([1]), torch.tensor([[3.0, 4.0]]))
-    torch.testing.assert_close(zero.get(torch.tensor([1])), torch.tensor([[0.6, 0.8]]))  # m = 0 overwrites
+    zero.update(torch.tensor([1]), torch.tensor([[0.0, -2.0]]))
+    torch.testing.assert_close(zero.get(torch.tensor([1])), torch.tensor([[0.0, -1.0]]))  # m = 0 overwrites
 
 
 def test_bank_negatives_exclude_the_batch_and_are_reproducible():

@@ -1,5 +1,7 @@
 """MoCo and the memory-bank method run through clbook.training.pretrain: their state behaves as documented."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -86,9 +88,25 @@ def test_memory_bank_method_updates_every_sample_and_logs_staleness():
     h = pretrain(encoder, head, X, method=method, augment=noise, epochs=3, batch_size=16, lr=0.05, progress=False)
     assert method.num_samples == 64 and bool(method.bank.seen.all())
     cos = h.metrics["bank_cos"]
-    assert len(cos) == 3 and all(-1.0 <= c <= 1.0 for c in cos)
-    assert cos[-1] > cos[0]  # epoch 1 compares with random vectors, later epochs with stored features
+    # Epoch 1 meets every sample for the first time: no stored vector is older than the step yet.
+    assert len(cos) == 3 and math.isnan(cos[0]) and all(-1.0 <= c <= 1.0 for c in cos[1:])
     torch.testing.assert_close(method.bank.bank.norm(dim=1), torch.ones(64))
+
+
+def test_memory_bank_first_visit_stores_the_feature_before_the_loss():
+    X, _ = blobs(n=32)
+    encoder, head = nets()
+    method = MemoryBankMethod(temperature=0.5, num_negatives=6, seed=1)
+    method.num_samples = 32
+    method.setup(encoder, head)
+    idx = torch.tensor([3, 5, 7, 9])
+    loss = method.loss(encoder, head, [X[idx]], None, idx)
+    f = head(encoder(X[idx]))
+    # Each positive is the sample's own feature; the negatives are 6 stored rows of other samples.
+    torch.testing.assert_close(method.bank.get(idx), F.normalize(f, dim=1).detach())
+    assert loss.item() > 0 and torch.isfinite(loss)
+    method.after_step(encoder, head, 0, 1)
+    torch.testing.assert_close(method.bank.get(idx), F.normalize(f, dim=1).detach())  # same feature again
 
 
 def test_memory_bank_method_checks_its_sizes():
