@@ -163,7 +163,8 @@ class MemoryBank(nn.Module):
         self.bank[idx] = F.normalize(m * self.bank[idx] + (1.0 - m) * f, dim=1)
         self.seen[idx] = True
 
-    def negatives(self, k: int, exclude: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+    def negatives(self, k: int, exclude: Tensor | None = None, generator: torch.Generator | None = None,
+                  seen_only: bool = False) -> Tensor:
         """``k`` stored rows ``[k, D]``, drawn uniformly without replacement among the samples not in ``exclude``.
 
         Parameters
@@ -174,18 +175,23 @@ class MemoryBank(nn.Module):
             Samples that must not be drawn (the batch's own samples: they are positives).
         generator : torch.Generator, optional
             CPU generator for the draw (the global one if None).
+        seen_only : bool, default False
+            Draw only rows that have been updated at least once (never a random initial vector).
+            Then fewer than ``k`` rows are returned, possibly none, while fewer are available.
 
         Returns
         -------
-        Tensor, shape [k, D]
+        Tensor, shape [k, D] (or [n, D], n < k, with ``seen_only``)
             A detached copy.
         """
         _check_size("k", k)
-        allowed = torch.ones(self.num_samples, dtype=torch.bool)
+        allowed = self.seen.cpu().clone() if seen_only else torch.ones(self.num_samples, dtype=torch.bool)
         if exclude is not None:
             allowed[self._check_indices(exclude).cpu()] = False
         pool = allowed.nonzero().squeeze(1)  # [n_allowed]
-        if k > pool.numel():
+        if seen_only:
+            k = min(k, pool.numel())
+        elif k > pool.numel():
             raise ValueError(f"k = {k} negatives requested but only {pool.numel()} samples are not excluded")
         pick = pool[torch.randperm(pool.numel(), generator=generator)[:k]]
         return self.bank[pick.to(self.bank.device)].detach().clone()

@@ -218,50 +218,63 @@ class MoCo(Method):
 
 
 class MemoryBankMethod(Method):
-    """Instance discrimination with a memory bank (Wu et al., 2018).
+    """Negatives from a memory bank: one stored feature per training sample (Wu et al., 2018).
 
     Every training sample i owns a stored unit vector ``v_i`` (:class:`clbook.memory.MemoryBank`).
-    Per step, one augmented view of each sample gives ``f = head(encoder(view))``; the loss is
-    :func:`clbook.losses.info_nce_loss` ``(f, v[index], negatives)`` with the sample's own stored
-    vector as positive and ``num_negatives`` stored vectors of other samples, drawn at random, as
-    negatives (the softmax over sampled negatives that later work uses in place of the paper's NCE).
-    After the step the batch's rows are updated, ``v_i <- normalize(m v_i + (1 - m) f_i)``.
-    The stored vectors were computed by earlier versions of the encoder: they are *stale*.
+    Per step the batch's features ``f = head(encoder(view 1))`` are the queries of
+    :func:`clbook.losses.info_nce_loss`, with ``num_negatives`` stored vectors of *other* samples,
+    drawn at random, as negatives (the softmax over sampled negatives that later work uses in place
+    of the paper's NCE). After the step the batch's rows are updated,
+    ``v_i <- normalize(m v_i + (1 - m) f_i)``. The stored vectors were computed by earlier
+    versions of the encoder: they are *stale*.
 
     Parameters
     ----------
-    temperature : float, default 0.07
+    temperature : float, default 0.1
     num_negatives : int, default 4096
     bank_momentum : float in [0, 1), default 0.5
         ``m`` of the bank update; 0 stores the latest feature.
+    positive : {"view", "bank"}, default "view"
+        What query i is pulled towards. ``"view"``: the feature of a second augmented view of the
+        same sample (two views per sample; gradient through both, as in SimCLR). ``"bank"``: the
+        sample's own stored vector ``v_i`` (one view per sample; Wu et al.'s instance
+        discrimination, where the bank supplies the positive too). A sample met for the first
+        time has only a random stored vector; with ``"bank"`` its feature is stored before the
+        loss, so that it is not pulled towards noise.
     seed : int, default 0
         Seeds the bank's random initial vectors and the draws of negatives.
-
-    A sample met for the first time (epoch 1) has only a random initial vector; its feature is
-    stored before the loss is computed, so its positive term is constant and only its negatives
-    teach. (Pulling features towards random vectors, as a random positive would, made the encoder
-    worse than untrained on MNIST.)
 
     Logged per epoch (``History.metrics``): ``bank_cos``, the mean cosine between a sample's stored
     vector and its current feature, measured just before the update, over samples stored in an
     earlier step: from epoch 2 on, when each stored vector is about an epoch old. (Epoch 1 has no
     such sample and logs NaN.) It measures staleness and augmentation together: the stored vector
     came from another augmented view.
+
+    Notes
+    -----
+    At the course's budgets (a few epochs on a few thousand digits) neither positive beat an
+    untrained encoder on MNIST in our runs. With ``"view"`` the features drifted away from their
+    own stored rows (``bank_cos`` fell, even below 0): the rows are negatives of every other
+    sample, and moving *all* features together, faster than the bank follows, lowers the loss.
+    With ``"bank"`` the features ended up nearly identical. Wu et al. train for 200 epochs;
+    notebook 07 measures this and contrasts it with MoCo.
     """
 
     name = "memory_bank"
-    n_views = 1
 
-    def __init__(self, temperature: float = 0.07, num_negatives: int = 4096, bank_momentum: float = 0.5,
-                 seed: int = 0) -> None:
+    def __init__(self, temperature: float = 0.1, num_negatives: int = 4096, bank_momentum: float = 0.5,
+                 positive: str = "view", seed: int = 0) -> None:
         super().__init__()
         _check_probability("bank_momentum", bank_momentum, high_open=True)
         if isinstance(num_negatives, bool) or not isinstance(num_negatives, int) or num_negatives < 1:
             raise ValueError(f"num_negatives must be a positive integer, got {num_negatives!r}")
         if not (isinstance(temperature, (int, float)) and temperature > 0):
             raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+        if positive not in ("view", "bank"):
+            raise ValueError(f'positive must be "view" or "bank", got {positive!r}')
         self.temperature, self.num_negatives = float(temperature), num_negatives
-        self.bank_momentum, self.seed = float(bank_momentum), seed
+        self.bank_momentum, self.positive, self.seed = float(bank_momentum), positive, seed
+        self.n_views = 2 if positive == "view" else 1
         self.bank: MemoryBank | None = None  # built at the first batch, when D is known
         self._gen = torch.Generator().manual_seed(seed)
         self._pending: tuple[Tensor, Tensor] | None = None
@@ -278,27 +291,35 @@ class MemoryBankMethod(Method):
 
     def loss(self, encoder: nn.Module, head: nn.Module, views: list[Tensor], y: Tensor | None,
              index: Tensor) -> Tensor:
-        f = head(encoder(views[0]))  # [B, D]
+        b = views[0].shape[0]
+        z = head(encoder(torch.cat(views)))  # [V * B, D], one forward for all views
+        f = z[:b]
         if self.bank is None:
             if self.num_samples is None:
                 raise RuntimeError("MemoryBankMethod.setup(encoder, head) must run before loss()")
-            if self.num_negatives > self.num_samples - len(index):
+            if self.num_negatives > self.num_samples - b:
                 raise ValueError(f"num_negatives = {self.num_negatives} exceeds the {self.num_samples} training "
-                                 f"samples minus a batch of {len(index)}")
+                                 f"samples minus a batch of {b}")
             self.bank = MemoryBank(self.num_samples, f.shape[1], self.bank_momentum, generator=self._gen).to(f.device)
         seen = self.bank.seen[index.to(self.bank.seen.device)].to(f.device)  # [B]
-        if not bool(seen.all()):
-            # A sample met for the first time has no stored vector yet, only a random one; pulling
-            # its feature towards that random direction would teach the encoder noise. Store the
-            # feature first: its positive term is then constant, and only the negatives teach.
-            self.bank.update(index[~seen.cpu()], f.detach()[~seen])
-        positive = self.bank.get(index)  # [B, D], the samples' own stored vectors
-        negatives = self.bank.negatives(self.num_negatives, exclude=index, generator=self._gen)  # [K, D]
+        stored = self.bank.get(index)  # [B, D], the samples' own stored vectors (before this step)
         with torch.no_grad():  # staleness, over samples stored in an earlier step
-            cos = (F.normalize(f.detach().float(), dim=1) * positive.float()).sum(1)[seen]
+            cos = (F.normalize(f.detach().float(), dim=1) * stored.float()).sum(1)[seen]
             self._sums += torch.stack([cos.sum().cpu(), torch.tensor(float(cos.numel()))])
+        if self.positive == "view":
+            key = z[b:]
+        else:
+            if not bool(seen.all()):
+                self.bank.update(index[~seen.cpu()], f.detach()[~seen])
+            key = self.bank.get(index)
+        # Only stored features are negatives: random initial vectors lie nowhere near the features,
+        # so they would teach nothing (and early in epoch 1 they would be almost all the negatives).
+        negatives = self.bank.negatives(self.num_negatives, exclude=index, generator=self._gen,
+                                        seen_only=True)  # [K, D], fewer during the first epoch
+        if len(negatives) == 0:
+            negatives = None  # the very first step: the other keys of the batch are the negatives
         self._pending = (index, f.detach())
-        return info_nce_loss(f, positive, negatives, self.temperature)
+        return info_nce_loss(f, key, negatives, self.temperature)
 
     def after_step(self, encoder: nn.Module, head: nn.Module, step: int, total_steps: int) -> None:
         index, features = self._pending

@@ -149,6 +149,15 @@ def test_bank_negatives_exclude_the_batch_and_are_reproducible():
         bank.negatives(8, exclude=batch)
 
 
+def test_bank_negatives_seen_only_never_returns_a_random_row():
+    bank = MemoryBank(10, 3)
+    bank.update(torch.tensor([2, 4, 6]), torch.ones(3, 3))
+    drawn = bank.negatives(5, exclude=torch.tensor([4]), seen_only=True)
+    assert drawn.shape == (2, 3)  # only rows 2 and 6 were ever stored
+    torch.testing.assert_close(drawn, torch.full((2, 3), 3 ** -0.5))
+    assert bank.negatives(5, exclude=torch.tensor([2, 4, 6]), seen_only=True).shape == (0, 3)
+
+
 def test_bank_resumes_and_holds_no_gradient():
     a = MemoryBank(6, 3, generator=torch.Generator().manual_seed(2))
     f = torch.randn(2, 3, requires_grad=True)

@@ -93,20 +93,45 @@ def test_memory_bank_method_updates_every_sample_and_logs_staleness():
     torch.testing.assert_close(method.bank.bank.norm(dim=1), torch.ones(64))
 
 
-def test_memory_bank_first_visit_stores_the_feature_before_the_loss():
+def test_memory_bank_with_bank_positive_stores_a_first_met_sample_before_its_loss():
     X, _ = blobs(n=32)
     encoder, head = nets()
-    method = MemoryBankMethod(temperature=0.5, num_negatives=6, seed=1)
+    method = MemoryBankMethod(temperature=0.5, num_negatives=6, positive="bank", seed=1)
+    assert method.n_views == 1
     method.num_samples = 32
     method.setup(encoder, head)
     idx = torch.tensor([3, 5, 7, 9])
     loss = method.loss(encoder, head, [X[idx]], None, idx)
     f = head(encoder(X[idx]))
-    # Each positive is the sample's own feature; the negatives are 6 stored rows of other samples.
+    # Each positive is the sample's own feature; nothing else is stored yet, so the negatives are in-batch.
     torch.testing.assert_close(method.bank.get(idx), F.normalize(f, dim=1).detach())
-    assert loss.item() > 0 and torch.isfinite(loss)
+    torch.testing.assert_close(loss, info_nce_loss(f, F.normalize(f, dim=1).detach(), None, 0.5))
     method.after_step(encoder, head, 0, 1)
-    torch.testing.assert_close(method.bank.get(idx), F.normalize(f, dim=1).detach())  # same feature again
+    idx2 = torch.tensor([0, 1, 2])
+    loss2 = method.loss(encoder, head, [X[idx2]], None, idx2)
+    f2 = head(encoder(X[idx2]))
+    # Second step: the four stored rows are the only possible negatives (at most 6 asked).
+    torch.testing.assert_close(loss2, info_nce_loss(f2, F.normalize(f2, dim=1).detach(), method.bank.get(idx), 0.5))
+
+
+def test_memory_bank_with_view_positive_one_step_by_hand():
+    X, _ = blobs(n=32)
+    encoder, head = nets()
+    method = MemoryBankMethod(temperature=0.3, num_negatives=5, seed=2)
+    assert method.n_views == 2
+    method.num_samples = 32
+    method.setup(encoder, head)
+    first = torch.tensor([10, 11, 12, 13, 14])
+    method.loss(encoder, head, [X[first], X[first] + 0.1], None, first)
+    method.after_step(encoder, head, 0, 2)
+    idx = torch.tensor([0, 1])
+    v1, v2 = X[idx], X[idx] + 0.2
+    loss = method.loss(encoder, head, [v1, v2], None, idx)
+    # The positive is the second view (with gradient); the negatives are the 5 stored rows, in some order.
+    expected = info_nce_loss(head(encoder(v1)), head(encoder(v2)), method.bank.get(first), 0.3)
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert all(p.grad is not None for p in encoder.parameters())
 
 
 def test_memory_bank_method_checks_its_sizes():
