@@ -28,13 +28,18 @@ have ``requires_grad=False``; :meth:`Method.trainable_parameters` leaves them ou
 
 from __future__ import annotations
 
+import copy
 import inspect
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Method", "METHODS", "make_method"]
+from clbook.losses import info_nce_loss
+from clbook.memory import FeatureQueue, MemoryBank, momentum_update
+
+__all__ = ["Method", "METHODS", "make_method", "MoCo", "MemoryBankMethod"]
 
 
 class Method(nn.Module):
@@ -48,11 +53,16 @@ class Method(nn.Module):
         Augmented views per sample that ``pretrain`` passes to :meth:`loss`.
     needs_labels : bool
         True if :meth:`loss` uses the labels (then ``pretrain`` refuses to run without them).
+    num_samples : int or None
+        Size of the training set, set by ``pretrain`` before :meth:`setup`.
     """
 
     name: str = "method"
     n_views: int = 2
     needs_labels: bool = False
+    # Set by pretrain before setup(): the number of training samples, for per-sample memories
+    # (the ``index`` passed to loss() lies in [0, num_samples)).
+    num_samples: int | None = None
 
     def setup(self, encoder: nn.Module, head: nn.Module) -> None:
         """Called once before training: build what depends on the encoder (copies, predictors)."""
@@ -113,3 +123,213 @@ def make_method(name: str, temperature: float | None = None, **options) -> Metho
     if temperature is not None and "temperature" in accepted:
         options = {**options, "temperature": temperature}
     return factory(**options)
+
+
+# ----------------------------------------------------------------------------- negatives beyond the batch
+# MoCo (a queue and a momentum key encoder) and the memory bank of instance discrimination:
+# both feed clbook.losses.info_nce_loss negatives that were computed in earlier steps.
+
+
+def _check_probability(name: str, value: float, high_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and 0.0 <= float(value) <= 1.0 and not (high_open and value == 1.0)
+    if not ok:
+        raise ValueError(f"{name} must be a number in [0, 1{')' if high_open else ']'}, got {value!r}")
+
+
+class MoCo(Method):
+    """MoCo (He et al., 2020): a momentum key encoder and a queue of earlier keys as negatives.
+
+    Per step: queries ``q = head(encoder(view 1))`` (trained), keys ``k = key_head(key_encoder(view 2))``
+    under ``no_grad``; loss :func:`clbook.losses.info_nce_loss` ``(q, k, negatives=queue)``. After
+    the optimizer step the key networks move towards the online ones,
+    ``theta_k <- m theta_k + (1 - m) theta_q`` (:func:`clbook.memory.momentum_update`), and the
+    batch's keys are enqueued in place of the oldest ones. This is MoCo v1's asymmetric loss with
+    v2's projection head. Shuffling BatchNorm is not needed with the course's CNN (it has no
+    BatchNorm).
+
+    Parameters
+    ----------
+    temperature : float, default 0.2
+    queue_size : int, default 4096
+        Negatives kept in the :class:`clbook.memory.FeatureQueue`. Until the queue holds a first
+        batch (the very first step), the other keys of the batch are the negatives.
+    momentum : float in [0, 1], default 0.99
+        ``m``. With 0 the key networks are copies of the online ones after every step.
+
+    Logged per epoch (``History.metrics``): ``pos_cos``, the mean cosine between a query and its
+    key, and ``neg_cos``, between a query and the queued negatives.
+    """
+
+    name = "moco"
+    n_views = 2
+
+    def __init__(self, temperature: float = 0.2, queue_size: int = 4096, momentum: float = 0.99) -> None:
+        super().__init__()
+        _check_probability("momentum", momentum)
+        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
+            raise ValueError(f"queue_size must be a positive integer, got {queue_size!r}")
+        if not (isinstance(temperature, (int, float)) and temperature > 0):
+            raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+        self.temperature, self.queue_size, self.momentum = float(temperature), queue_size, float(momentum)
+        self.key_encoder: nn.Module | None = None
+        self.key_head: nn.Module | None = None
+        self.queue: FeatureQueue | None = None  # built at the first batch, when D is known
+        self._keys: Tensor | None = None
+        self._sums = torch.zeros(3)
+
+    def setup(self, encoder: nn.Module, head: nn.Module) -> None:
+        # Copies start equal to the online networks and are never trained by the optimizer.
+        self.key_encoder = copy.deepcopy(encoder).requires_grad_(False)
+        self.key_head = copy.deepcopy(head).requires_grad_(False)
+        self.queue = None
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        self._sums = torch.zeros(3)  # sum of pos_cos, sum of neg_cos, batches
+
+    def loss(self, encoder: nn.Module, head: nn.Module, views: list[Tensor], y: Tensor | None,
+             index: Tensor) -> Tensor:
+        if self.key_encoder is None:
+            raise RuntimeError("MoCo.setup(encoder, head) must run before loss()")
+        q = head(encoder(views[0]))  # [B, D]
+        with torch.no_grad():
+            self.key_encoder.train(encoder.training)
+            self.key_head.train(head.training)
+            k = F.normalize(self.key_head(self.key_encoder(views[1])), dim=1)  # [B, D], constants
+        if self.queue is None:
+            self.queue = FeatureQueue(self.queue_size, k.shape[1]).to(k.device)
+        negatives = self.queue.features() if len(self.queue) else None
+        self._keys = k
+        with torch.no_grad():
+            qn = F.normalize(q.detach().float(), dim=1)
+            pos = (qn * k.float()).sum(1).mean()
+            neg = (qn @ negatives.float().mean(0)).mean() if negatives is not None else torch.tensor(0.0)
+            self._sums += torch.stack([pos.cpu(), neg.cpu(), torch.tensor(1.0)])
+        return info_nce_loss(q, k, negatives, self.temperature)
+
+    def after_step(self, encoder: nn.Module, head: nn.Module, step: int, total_steps: int) -> None:
+        momentum_update(self.key_encoder, encoder, self.momentum)
+        momentum_update(self.key_head, head, self.momentum)
+        self.queue.enqueue(self._keys)
+        self._keys = None
+
+    def end_epoch(self, encoder: nn.Module, head: nn.Module) -> dict[str, float]:
+        n = max(float(self._sums[2]), 1.0)
+        return {"pos_cos": float(self._sums[0]) / n, "neg_cos": float(self._sums[1]) / n}
+
+
+class MemoryBankMethod(Method):
+    """Negatives from a memory bank: one stored feature per training sample (Wu et al., 2018).
+
+    Every training sample i owns a stored unit vector ``v_i`` (:class:`clbook.memory.MemoryBank`).
+    Per step the batch's features ``f = head(encoder(view 1))`` are the queries of
+    :func:`clbook.losses.info_nce_loss`, with ``num_negatives`` stored vectors of *other* samples,
+    drawn at random, as negatives (the softmax over sampled negatives that later work uses in place
+    of the paper's NCE). After the step the batch's rows are updated,
+    ``v_i <- normalize(m v_i + (1 - m) f_i)``. The stored vectors were computed by earlier
+    versions of the encoder: they are *stale*.
+
+    Parameters
+    ----------
+    temperature : float, default 0.1
+    num_negatives : int, default 4096
+    bank_momentum : float in [0, 1), default 0.5
+        ``m`` of the bank update; 0 stores the latest feature.
+    positive : {"view", "bank"}, default "view"
+        What query i is pulled towards. ``"view"``: the feature of a second augmented view of the
+        same sample (two views per sample; gradient through both, as in SimCLR). ``"bank"``: the
+        sample's own stored vector ``v_i`` (one view per sample; Wu et al.'s instance
+        discrimination, where the bank supplies the positive too). A sample met for the first
+        time has only a random stored vector; with ``"bank"`` its feature is stored before the
+        loss, so that it is not pulled towards noise.
+    seed : int, default 0
+        Seeds the bank's random initial vectors and the draws of negatives.
+
+    Logged per epoch (``History.metrics``): ``bank_cos``, the mean cosine between a sample's stored
+    vector and its current feature, measured just before the update, over samples stored in an
+    earlier step: from epoch 2 on, when each stored vector is about an epoch old. (Epoch 1 has no
+    such sample and logs NaN.) It measures staleness and augmentation together: the stored vector
+    came from another augmented view.
+
+    Notes
+    -----
+    At the course's budgets (a few epochs on a few thousand digits) neither positive beat an
+    untrained encoder on MNIST in our runs. With ``"view"`` the features drifted away from their
+    own stored rows (``bank_cos`` fell, even below 0): the rows are negatives of every other
+    sample, and moving *all* features together, faster than the bank follows, lowers the loss.
+    With ``"bank"`` the features ended up nearly identical. Wu et al. train for 200 epochs;
+    notebook 07 measures this and contrasts it with MoCo.
+    """
+
+    name = "memory_bank"
+
+    def __init__(self, temperature: float = 0.1, num_negatives: int = 4096, bank_momentum: float = 0.5,
+                 positive: str = "view", seed: int = 0) -> None:
+        super().__init__()
+        _check_probability("bank_momentum", bank_momentum, high_open=True)
+        if isinstance(num_negatives, bool) or not isinstance(num_negatives, int) or num_negatives < 1:
+            raise ValueError(f"num_negatives must be a positive integer, got {num_negatives!r}")
+        if not (isinstance(temperature, (int, float)) and temperature > 0):
+            raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+        if positive not in ("view", "bank"):
+            raise ValueError(f'positive must be "view" or "bank", got {positive!r}')
+        self.temperature, self.num_negatives = float(temperature), num_negatives
+        self.bank_momentum, self.positive, self.seed = float(bank_momentum), positive, seed
+        self.n_views = 2 if positive == "view" else 1
+        self.bank: MemoryBank | None = None  # built at the first batch, when D is known
+        self._gen = torch.Generator().manual_seed(seed)
+        self._pending: tuple[Tensor, Tensor] | None = None
+        self._sums = torch.zeros(2)
+
+    def setup(self, encoder: nn.Module, head: nn.Module) -> None:
+        if self.num_samples is None:
+            raise ValueError("memory_bank needs num_samples (pretrain sets it to the training set size)")
+        self.bank = None
+        self._gen = torch.Generator().manual_seed(self.seed)
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        self._sums = torch.zeros(2)  # sum of cosines, count
+
+    def loss(self, encoder: nn.Module, head: nn.Module, views: list[Tensor], y: Tensor | None,
+             index: Tensor) -> Tensor:
+        b = views[0].shape[0]
+        z = head(encoder(torch.cat(views)))  # [V * B, D], one forward for all views
+        f = z[:b]
+        if self.bank is None:
+            if self.num_samples is None:
+                raise RuntimeError("MemoryBankMethod.setup(encoder, head) must run before loss()")
+            if self.num_negatives > self.num_samples - b:
+                raise ValueError(f"num_negatives = {self.num_negatives} exceeds the {self.num_samples} training "
+                                 f"samples minus a batch of {b}")
+            self.bank = MemoryBank(self.num_samples, f.shape[1], self.bank_momentum, generator=self._gen).to(f.device)
+        seen = self.bank.seen[index.to(self.bank.seen.device)].to(f.device)  # [B]
+        stored = self.bank.get(index)  # [B, D], the samples' own stored vectors (before this step)
+        with torch.no_grad():  # staleness, over samples stored in an earlier step
+            cos = (F.normalize(f.detach().float(), dim=1) * stored.float()).sum(1)[seen]
+            self._sums += torch.stack([cos.sum().cpu(), torch.tensor(float(cos.numel()))])
+        if self.positive == "view":
+            key = z[b:]
+        else:
+            if not bool(seen.all()):
+                self.bank.update(index[~seen.cpu()], f.detach()[~seen])
+            key = self.bank.get(index)
+        # Only stored features are negatives: random initial vectors lie nowhere near the features,
+        # so they would teach nothing (and early in epoch 1 they would be almost all the negatives).
+        negatives = self.bank.negatives(self.num_negatives, exclude=index, generator=self._gen,
+                                        seen_only=True)  # [K, D], fewer during the first epoch
+        if len(negatives) == 0:
+            negatives = None  # the very first step: the other keys of the batch are the negatives
+        self._pending = (index, f.detach())
+        return info_nce_loss(f, key, negatives, self.temperature)
+
+    def after_step(self, encoder: nn.Module, head: nn.Module, step: int, total_steps: int) -> None:
+        index, features = self._pending
+        self.bank.update(index, features)
+        self._pending = None
+
+    def end_epoch(self, encoder: nn.Module, head: nn.Module) -> dict[str, float]:
+        count = float(self._sums[1])
+        return {"bank_cos": float(self._sums[0]) / count if count else float("nan")}
+
+
+METHODS["moco"] = MoCo
+METHODS["memory_bank"] = MemoryBankMethod

@@ -335,6 +335,7 @@ def pretrain(
     gen = torch.Generator().manual_seed(seed)
     params = list(encoder.parameters()) + list(head.parameters())
     if runner is not None:
+        runner.num_samples = n  # per-sample memories (a memory bank) are sized by it
         runner.setup(encoder, head)
         params += runner.trainable_parameters()
     opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)

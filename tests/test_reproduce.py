@@ -33,7 +33,7 @@ def test_reproduce_quick_writes_json_rows(small_mnist, tmp_path, capsys):
     assert [(r["dataset"], r["encoder"], r["method"]) for r in rows] == [
         ("iris", "mlp", "supcon"), ("iris", "mlp", "random"),
         ("mnist", "cnn", "supcon"), ("mnist", "cnn", "simclr"), ("mnist", "cnn", "random"),
-        ("mnist", "fc", "supcon"), ("mnist", "fc", "random"),
+        ("mnist", "fc", "supcon"), ("mnist", "fc", "random"), ("mnist", "cnn", "moco"),
     ]
     for r in rows:
         assert set(r) == KEYS
@@ -41,7 +41,7 @@ def test_reproduce_quick_writes_json_rows(small_mnist, tmp_path, capsys):
         assert r["seconds"] > 0 and math.isfinite(r["seconds"])
     assert {r["data"] for r in rows if r["dataset"] == "mnist"} == {"mnist-t10k-shipped"}
     printed = capsys.readouterr().out
-    assert "linear %" in printed and printed.count("mnist-t10k-shipped") == 5
+    assert "linear %" in printed and printed.count("mnist-t10k-shipped") == 6
 
 
 def test_result_row_and_table():
