@@ -1,4 +1,5 @@
-"""Command line: ``python -m clbook reproduce [--quick] [--json FILE] [--progress]``.
+"""Command line: ``python -m clbook reproduce [--quick] [--json FILE] [--progress]``, and
+``python -m clbook student-edition OUTDIR [NOTEBOOK ...]``.
 
 Runs the experiments of notebooks 04 and 05 headless and prints the results table; ``--json``
 also writes the rows as a JSON list of objects with keys ``dataset``, ``encoder``, ``method``,
@@ -21,7 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--json", metavar="FILE", help="also write the rows to FILE as JSON")
     rep.add_argument("--progress", action="store_true", help="show progress bars while training")
     rep.add_argument("--data", metavar="DIR", help="data directory (default: CLBOOK_DATA or <repo>/data)")
+    stu = sub.add_parser("student-edition", help="write the notebooks with every solution replaced by a stub")
+    stu.add_argument("outdir", help="folder for the student notebooks (created if needed)")
+    stu.add_argument("notebooks", nargs="*", help="notebooks to convert (default: every notebook of the course)")
     args = parser.parse_args(argv)
+    if args.command == "student-edition":
+        return _student_edition(args.outdir, args.notebooks)
 
     from clbook.data import load_mnist
     from clbook.experiments import format_table, reproduce
@@ -37,6 +43,21 @@ def main(argv: list[str] | None = None) -> int:
             json.dump([r.row() for r in results], f, indent=2)
             f.write("\n")
         print(f"Wrote {len(results)} rows to {args.json}")
+    return 0
+
+
+def _student_edition(outdir: str, notebooks: list[str]) -> int:
+    from pathlib import Path
+
+    from clbook.student import student_edition
+
+    sources = [Path(p) for p in notebooks] or Path(__file__).resolve().parents[1] / "notebooks"
+    try:
+        written = student_edition(sources, Path(outdir))
+    except (ValueError, OSError) as err:
+        print(f"student-edition: {err}", file=sys.stderr)
+        return 2
+    print(f"Wrote {len(written)} student notebooks to {outdir}")
     return 0
 
 

@@ -529,6 +529,13 @@ def _masked_before_exp(z1, z2, tau):
     return (torch.logsumexp(logits, 1) - logits[torch.arange(m), torch.arange(m).roll(m // 2)]).mean()
 
 
+def _unnormalized(z1, z2, tau):
+    z = torch.cat([z1, z2])
+    m = z.shape[0]
+    logits = (z @ z.T / tau).masked_fill(torch.eye(m, dtype=torch.bool), float("-inf"))
+    return (torch.logsumexp(logits, 1) - logits[torch.arange(m), torch.arange(m).roll(m // 2)]).mean()
+
+
 def _positive_left_out(z1, z2, tau):
     z = F.normalize(torch.cat([z1, z2]), dim=1)
     m = z.shape[0]
@@ -558,6 +565,8 @@ check_nt_xent = exercise(
                 "-inf before the log-sum-exp; reread 02 §5.4"),
         Mistake(_positive_left_out,
                 "the positive belongs in its own denominator, -log a/(a+b): reread 02 §3"),
+        Mistake(_unnormalized,
+                "cosine similarity compares directions: normalize the rows first; reread 02 §1"),
         Mistake(lambda z1, z2, tau: nt_xent_loss(z1, z2, 1.0),
                 "divide the similarities by the temperature: reread 02 §2"),
         Mistake(_first_views_only,
