@@ -1,6 +1,7 @@
 """clbook: companion package of an executable course on contrastive learning.
 
-Modules, one per concept: ``losses``, ``encoders``, ``data``, ``training``, ``viz``, ``cluster``.
+Modules, one per concept: ``losses``, ``encoders``, ``data``, ``training``, ``viz``, ``cluster``;
+``exercises`` checks the notebooks' exercises and ``student`` writes the student edition.
 """
 
 from clbook.losses import (

@@ -67,6 +67,7 @@ nb_execution_mode = "off"  # the notebooks are executed by CI; the book shows th
 nb_merge_streams = True
 myst_enable_extensions = ["dollarmath", "amsmath"]
 myst_heading_anchors = 3
+myst_dmath_double_inline = True  # "$$...$$" inside a paragraph (as Jupyter allows) is display math
 myst_update_mathjax = False  # MathJax 2 is configured below
 
 # ----------------------------------------------------------------------------- API reference
@@ -80,7 +81,12 @@ napoleon_use_rtype = False
 # ----------------------------------------------------------------------------- HTML and math
 html_theme = "alabaster"
 html_title = "clbook: contrastive learning, derived and then checked by numbers"
-html_theme_options = {"description": "An executable course on contrastive learning", "fixed_sidebar": True}
+html_theme_options = {
+    "description": "An executable course on contrastive learning",
+    "fixed_sidebar": True,
+    "page_width": "1240px",  # code cells and printed tensors are up to about 110 characters wide
+    "sidebar_width": "240px",
+}
 html_static_path: list[str] = []
 
 import jupyter_server_mathjax  # noqa: E402
