@@ -213,11 +213,15 @@ def test_a_new_checker_is_a_few_lines():
 
 
 def exercise_cells():
-    for name in SOLVED:
-        nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+    """Every exercise cell of every notebook (notebooks added later are picked up too).
+
+    An exercise cell must run on its own given torch, F (torch.nn.functional), np and math.
+    """
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
         for cell in nb.cells:
             if is_exercise_cell(cell):
-                yield pytest.param(cell.source, id=f"{name[:2]}-{cell.source.splitlines()[0][2:]}")
+                yield pytest.param(cell.source, id=f"{path.name[:2]}-{cell.source.splitlines()[0][2:]}")
 
 
 def run_cell(source: str) -> str:
@@ -232,3 +236,13 @@ def test_notebook_solution_passes_and_its_stub_is_not_attempted(source):
     assert run_cell(source).startswith("[pass]")
     stubbed = strip_solutions(source, "Exercise under test")
     assert "not attempted yet" in run_cell(stubbed)
+
+
+def test_exercise_cells_are_compared_by_nbval_and_saved_passing():
+    # The tag makes nbval compare the printed verdict, so a check that stops passing fails CI.
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            if is_exercise_cell(cell):
+                assert "nbval-check-output" in cell.metadata.get("tags", []), path.name
+                text = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+                assert text.startswith("[pass]"), f"{path.name}: saved verdict {text[:60]!r}"
