@@ -3,7 +3,7 @@ r"""Checkers for the notebooks' exercises: run the learner's function, compare, 
 Every checkable exercise of the course has one checker here, an :class:`Exercise`. Call it on
 your function and it prints one short verdict:
 
-* a pass line, ``[pass] 02.1 NT-Xent from scratch: 7 inputs checked``;
+* a pass line, ``[pass] 02.1 NT-Xent from scratch: 8 inputs checked, all correct.``;
 * or the first input that failed, what was expected and what came back, and a hint naming the
   notebook section to reread;
 * or ``not attempted yet`` while the function still raises ``NotImplementedError`` (the stubs of

@@ -86,6 +86,7 @@ html_theme_options = {
     "fixed_sidebar": True,
     "page_width": "1240px",  # code cells and printed tensors are up to about 110 characters wide
     "sidebar_width": "240px",
+    "body_max_width": "none",
 }
 html_static_path: list[str] = []
 
@@ -154,6 +155,32 @@ def write_course_table(app) -> None:
         target.write_text(text)
 
 
+# ----------------------------------------------------------------------------- API pages
+
+
+def write_api_pages(app) -> None:
+    """One page per module of clbook in docs/api/ (generated, not tracked): new modules get one too.
+
+    One page each, because several module docstrings have a section of the same name
+    ("Conventions"), which on a shared page would be duplicate targets.
+    """
+    target = DOCS / "api"
+    target.mkdir(exist_ok=True)
+    modules = sorted(p.stem for p in (ROOT / "clbook").glob("*.py") if not p.stem.startswith("_"))
+    for stale in target.glob("*.*"):
+        if stale.stem not in modules or stale.suffix != ".rst":
+            stale.unlink()
+    for name in modules:
+        # reStructuredText rather than MyST: in a MyST page, the sections of a docstring would
+        # become explicit labels, and two modules' "Conventions" would collide.
+        title = f"``clbook.{name}``"
+        text = f"{title}\n{'=' * len(title)}\n\n.. automodule:: clbook.{name}\n"
+        page = target / f"{name}.rst"
+        if not page.exists() or page.read_text() != text:
+            page.write_text(text)
+
+
 def setup(app):
+    app.connect("builder-inited", write_api_pages)
     app.connect("builder-inited", write_course_table)
     app.connect("build-finished", copy_mathjax)
