@@ -14,9 +14,10 @@ between two marker lines, inside the function the learner is asked to write::
 :func:`student_notebook` replaces everything from ``# BEGIN SOLUTION`` to ``# END SOLUTION``
 (both lines included) by one line, indented like the marker, that raises ``NotImplementedError``
 naming the exercise; the checker then reports "not attempted yet" instead of failing. The exercise
-is named by the cell's first ``# Exercise <key>`` comment. Outputs and execution counts of the
-exercise cells are cleared (they show the solution's verdict); every other cell, outputs included,
-is left exactly as it was. Markers must come in pairs, in order, without nesting: anything else
+is named by the cell's first ``# Exercise <key>`` comment. Outputs, execution counts and execution
+timings of the exercise cells are cleared (they show the solution's verdict), and so is their
+``nbval-check-output`` tag (with which CI compares the saved pass line); every other cell, outputs
+included, is left exactly as it was. Markers must come in pairs, in order, without nesting: anything else
 raises ``ValueError`` naming the notebook and the cell.
 
 nbgrader does the same job with its ``ClearSolutions`` preprocessor, but it brings a server
@@ -123,6 +124,12 @@ def student_notebook(nb, label: str = "notebook"):
             raise ValueError(f"{label}, cell {index}: {err}") from None
         cell.outputs = []
         cell.execution_count = None
+        # The saved verdict is gone, so nbval must not compare it; the timings were the solution's.
+        cell.metadata.pop("execution", None)
+        if "nbval-check-output" in cell.metadata.get("tags", []):
+            cell.metadata["tags"] = [t for t in cell.metadata["tags"] if t != "nbval-check-output"]
+            if not cell.metadata["tags"]:
+                del cell.metadata["tags"]
     return nb
 
 
