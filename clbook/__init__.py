@@ -1,7 +1,8 @@
 """clbook: companion package of an executable course on contrastive learning.
 
 Modules, one per concept: ``losses``, ``memory``, ``encoders``, ``data``, ``training``, ``methods``,
-``experiments``, ``viz``, ``cluster``.
+``experiments``, ``viz``, ``cluster``; ``exercises`` checks the notebooks' exercises and ``student``
+writes the student edition.
 """
 
 from clbook.losses import (

@@ -1,4 +1,5 @@
-"""Command line: ``python -m clbook reproduce [--quick] [--json FILE [--overwrite]] [--progress]``.
+"""Command line: ``python -m clbook reproduce [--quick] [--json FILE [--overwrite]] [--progress]``, and
+``python -m clbook student-edition OUTDIR [NOTEBOOK ...]``.
 
 Runs the experiments of notebooks 04 and 05 headless and prints the results table; ``--json``
 also writes the rows as a JSON list of objects with keys ``dataset``, ``encoder``, ``method``,
@@ -47,7 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
     rep.add_argument("--progress", action="store_true", help="show progress bars while training")
     rep.add_argument("--data", metavar="DIR", help="data directory (default: CLBOOK_DATA or <repo>/data)")
+    stu = sub.add_parser("student-edition", help="write the notebooks with every solution replaced by a stub")
+    stu.add_argument("outdir", help="folder for the student notebooks (created if needed)")
+    stu.add_argument("notebooks", nargs="*", help="notebooks to convert (default: every notebook of the course)")
     args = parser.parse_args(argv)
+    if args.command == "student-edition":
+        return _student_edition(args.outdir, args.notebooks)
     if args.json:
         problem = _json_path_problem(args.json, args.overwrite)
         if problem:
@@ -68,6 +74,21 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(rows, f, indent=2, allow_nan=False)
             f.write("\n")
         print(f"Wrote {len(results)} rows to {args.json}")
+    return 0
+
+
+def _student_edition(outdir: str, notebooks: list[str]) -> int:
+    from pathlib import Path
+
+    from clbook.student import student_edition
+
+    sources = [Path(p) for p in notebooks] or Path(__file__).resolve().parents[1] / "notebooks"
+    try:
+        written = student_edition(sources, Path(outdir))
+    except (ValueError, OSError) as err:
+        print(f"student-edition: {err}", file=sys.stderr)
+        return 2
+    print(f"Wrote {len(written)} student notebooks to {outdir}")
     return 0
 
 

@@ -62,3 +62,14 @@ def test_readme_lists_every_notebook_and_names_the_test_command():
     assert "python -m pytest" in readme
     for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):
         assert notebook.name in readme, f"README's table misses {notebook.name}"
+
+
+def test_docs_extra_is_pinned_apart_and_changes_no_course_pin():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    docs_pins = requirement_lines((ROOT / "requirements-docs.txt").read_text())
+    assert all("==" in line for line in docs_pins)
+    pinned_docs = {name_of(line) for line in docs_pins}
+    missing = {name_of(d) for d in project["optional-dependencies"]["docs"]} - pinned_docs
+    assert not missing, f"declared in the docs extra but not pinned in requirements-docs.txt: {missing}"
+    course = {name_of(line) for line in requirement_lines((ROOT / "requirements.txt").read_text())}
+    assert not pinned_docs & course, "requirements-docs.txt must not re-pin the course's packages"

@@ -1,0 +1,778 @@
+r"""Checkers for the notebooks' exercises: run the learner's function, compare, give a short verdict.
+
+Every checkable exercise of the course has one checker here, an :class:`Exercise`. Call it on
+your function and it prints one short verdict:
+
+* a pass line, ``[pass] 02.1 NT-Xent from scratch: 8 inputs checked, all correct.``;
+* or the first input that failed, what was expected and what came back, and a hint naming the
+  notebook section to reread;
+* or ``not attempted yet`` while the function still raises ``NotImplementedError`` (the stubs of
+  the student edition do, see :func:`clbook.student.student_edition`).
+
+A checker never shows a traceback and never prints code or a formula that could be copied: it
+prints numbers that a correct function returns on one input. The comparison is against
+``clbook``'s own implementation (or, where ``clbook`` has none, a reference written here), with
+tolerances, on several inputs including the edge cases the notebook taught: temperature 0.01,
+float16, identical points, a point far from every Gaussian.
+
+Adding a checker for a new exercise is a few lines::
+
+    check_my_loss = exercise(
+        "07.1", "InfoNCE with a memory bank", section="07 §3 (the memory bank)",
+        reference=my_reference_function,           # same signature as the learner's function
+        cases=lambda: [Case("a batch of 4, tau = 0.1", (z, bank, 0.1))],
+        mistakes=[Mistake(wrong_variant, "the positive belongs in the denominator: reread 07 §2")],
+    )
+
+Cases are built lazily (on the first check), so importing this module costs nothing. Each
+:class:`Mistake` is a typical wrong answer: when the learner's output matches it, its hint is
+shown instead of the case's or the exercise's. ``check_my_loss(fn)`` prints the verdict;
+``check_my_loss.run(fn)`` returns it as a :class:`Verdict` without printing (for tests).
+
+The exercises, by notebook (``EXERCISES`` maps the key to the checker):
+
+========  ======================================  =========================================
+key       checker                                 the learner writes
+========  ======================================  =========================================
+01.1      :data:`check_drlim_other_convention`    DrLIM's loss with ``y = 1`` for similar
+01.2      :data:`check_drlim_force`               the force ``-dE/dD`` of one pair
+01.3      :data:`check_triplet_loss`              the triplet loss
+02.1      :data:`check_nt_xent`                   NT-Xent, stable at tau 0.01 and float16
+02.2      :data:`check_dropped_diagonal_targets`  cross-entropy targets, diagonal dropped
+02.3      :data:`check_anchor_gradient`           the gradient of one anchor's loss
+06.1      :data:`check_em_step`                   one EM iteration (E-step, then M-step)
+06.2      :data:`check_gmm_bic`                   the BIC of a fitted mixture
+06.3      :data:`check_partition_weighted_loss`   SupCon with a weighted log-partition term
+========  ======================================  =========================================
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from clbook.cluster import GMMResult, gmm_e_step, gmm_em, gmm_m_step
+from clbook.losses import margin_contrastive_loss, nt_xent_loss, supcon_loss, triplet_margin_loss
+
+__all__ = [
+    "Case",
+    "Mistake",
+    "Verdict",
+    "Exercise",
+    "exercise",
+    "EXERCISES",
+    "check_drlim_other_convention",
+    "check_drlim_force",
+    "check_triplet_loss",
+    "check_nt_xent",
+    "check_dropped_diagonal_targets",
+    "check_anchor_gradient",
+    "check_em_step",
+    "check_gmm_bic",
+    "check_partition_weighted_loss",
+]
+
+
+# ----------------------------------------------------------------------------- the core
+
+
+@dataclass
+class Case:
+    """One input on which the learner's function is compared with the reference.
+
+    Parameters
+    ----------
+    label : str
+        What the input is, in words (printed when the case fails): "a dissimilar pair 0.2 apart".
+    args : tuple
+        Positional arguments, passed (as fresh copies) to the learner's function and the reference.
+    kwargs : dict, optional
+        Keyword arguments, passed the same way.
+    hint : str, optional
+        Shown when this case fails, instead of the exercise's hint (no :class:`Mistake` matching).
+    rtol, atol : float, optional
+        Tolerances for this case, instead of the exercise's (float16 inputs need wider ones).
+    expected : callable, optional
+        Computes the expected output from ``(args, kwargs)``; by default the reference is called
+        on them. Used to compare a float16 answer with the float32 value, for instance.
+    probe : callable, optional
+        ``probe(fn, args, kwargs)`` turns a function into the output to compare, applied to the
+        learner's function and the reference alike; by default ``fn(*args, **kwargs)``. A probe
+        can compare gradients instead of values, for instance.
+    """
+
+    label: str
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    hint: str | None = None
+    rtol: float | None = None
+    atol: float | None = None
+    expected: Callable[[tuple, dict], Any] | None = None
+    probe: Callable[[Callable, tuple, dict], Any] | None = None
+
+
+@dataclass
+class Mistake:
+    """A typical wrong answer: a function with the learner's signature, and the hint it deserves.
+
+    When a case fails and the learner's output agrees with ``function``'s on that case (within the
+    case's tolerances), ``hint`` is shown. Mistakes are tried in order; the first match wins.
+    """
+
+    function: Callable
+    hint: str
+
+
+@dataclass
+class Verdict:
+    """Outcome of one check.
+
+    Attributes
+    ----------
+    key : str
+        The exercise, e.g. ``"02.1"``.
+    status : {"pass", "fail", "not attempted"}
+    message : str
+        What the checker prints: one line for a pass, a few lines for a failure.
+    case : str or None
+        Label of the failing case (None unless ``status == "fail"``).
+    hint : str or None
+        The hint shown with a failure.
+    """
+
+    key: str
+    status: str
+    message: str
+    case: str | None = None
+    hint: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        """Whether every case passed."""
+        return self.status == "pass"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class _Disagreement(Exception):
+    """Raised inside :func:`_compare`: the outputs differ; the message says how."""
+
+
+def _to_numpy(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().to(torch.float64).numpy() if value.is_floating_point() else value.cpu().numpy()
+    return value
+
+
+def _compare(expected: Any, got: Any, rtol: float, atol: float, where: str = "") -> None:
+    """Raise :class:`_Disagreement` unless ``got`` equals ``expected`` within the tolerances.
+
+    Handles numbers, tensors, arrays and (nested) tuples or lists of them.
+    """
+    if isinstance(expected, (tuple, list)):
+        if not isinstance(got, (tuple, list)):
+            raise _Disagreement(f"expected {len(expected)} values{where}, got one {type(got).__name__}")
+        if len(got) != len(expected):
+            raise _Disagreement(f"expected {len(expected)} values{where}, got {len(got)}")
+        for i, (e, g) in enumerate(zip(expected, got)):
+            _compare(e, g, rtol, atol, where=f" in output {i + 1}" if not where else f"{where}, item {i + 1}")
+        return
+    if got is None:
+        raise _Disagreement(f"the function returned None{where}: is a `return` missing?")
+    e, g = _to_numpy(expected), _to_numpy(got)
+    try:
+        e, g = np.asarray(e, dtype=np.float64), np.asarray(g, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise _Disagreement(f"expected a number or an array{where}, got {type(got).__name__}") from None
+    if e.shape != g.shape:
+        raise _Disagreement(f"expected shape {list(e.shape)}{where}, got shape {list(g.shape)}")
+    finite = np.isfinite(e)
+    if not np.isfinite(g[finite]).all():
+        bad = g[finite][~np.isfinite(g[finite])].flat[0]
+        raise _Disagreement(f"expected a finite value{where}, got {bad}")
+    if not np.allclose(g, e, rtol=rtol, atol=atol, equal_nan=True):
+        if e.ndim == 0:
+            raise _Disagreement(f"expected {_fmt(e)}{where}, got {_fmt(g)}")
+        worst = np.unravel_index(np.argmax(np.abs(g - e) - rtol * np.abs(e)), e.shape)
+        index = ", ".join(str(int(i)) for i in worst)
+        raise _Disagreement(f"at index [{index}]{where}: expected {_fmt(e[worst])}, got {_fmt(g[worst])}")
+
+
+def _fmt(x: Any) -> str:
+    x = float(x)
+    return f"{x:.6g}" if math.isfinite(x) else str(x)
+
+
+def _copy(value: Any) -> Any:
+    """A fresh copy of an argument, so that no function sees what another one did to its input."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_copy(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether an argument is unchanged (tensors and arrays bit for bit; other objects are not compared)."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype and bool(
+            ((a == b) | (a.isnan() & b.isnan()) if a.is_floating_point() else a == b).all())
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return True
+
+
+def _call(fn: Callable, args: tuple, kwargs: dict) -> Any:
+    return fn(*args, **kwargs)
+
+
+class Exercise:
+    """The checker of one exercise: call it on the learner's function to print a verdict.
+
+    Parameters
+    ----------
+    key : str
+        Notebook number and exercise number, ``"01.2"``.
+    title : str
+        Short name, printed in every verdict.
+    section : str
+        The notebook section to reread, named in the default hint: ``"02 §5 (numerical stability)"``.
+    reference : callable
+        The correct function, with the learner's signature (usually built on ``clbook``).
+    cases : callable
+        Returns the list of :class:`Case` to run; called once, on the first check.
+    mistakes : list of Mistake, optional
+        Typical wrong answers and their hints.
+    rtol, atol : float
+        Default tolerances of :func:`numpy.allclose`, in float64.
+    """
+
+    def __init__(
+        self,
+        key: str,
+        title: str,
+        section: str,
+        reference: Callable,
+        cases: Callable[[], list[Case]],
+        mistakes: list[Mistake] | None = None,
+        rtol: float = 1e-4,
+        atol: float = 1e-6,
+    ) -> None:
+        self.key, self.title, self.section = key, title, section
+        self.reference, self._make_cases = reference, cases
+        self.mistakes = list(mistakes or [])
+        self.rtol, self.atol = rtol, atol
+        self._cases: list[Case] | None = None
+        self.__doc__ = f"Checker of exercise {key}: {title} (reread {section})."
+
+    @property
+    def cases(self) -> list[Case]:
+        """The cases, built on first use."""
+        if self._cases is None:
+            self._cases = self._make_cases()
+        return self._cases
+
+    def __repr__(self) -> str:
+        return f"<checker of exercise {self.key}: {self.title}>"
+
+    def __call__(self, answer: Callable) -> None:
+        """Check ``answer`` and print the verdict."""
+        print(self.run(answer).message)
+
+    def run(self, answer: Callable) -> Verdict:
+        """Check ``answer`` on every case and return the :class:`Verdict` (printing nothing)."""
+        head = f"{self.key} {self.title}"
+        if not callable(answer):
+            return self._fail(head, None, f"expected a function, got {type(answer).__name__}",
+                              "pass the function itself, without calling it: check(my_function)")
+        for case in self.cases:
+            probe = case.probe or _call
+            rtol = self.rtol if case.rtol is None else case.rtol
+            atol = self.atol if case.atol is None else case.atol
+            args, kwargs = _copy(case.args), _copy(case.kwargs)
+            try:
+                got = probe(answer, args, kwargs)
+            except NotImplementedError:
+                return Verdict(self.key, "not attempted",
+                               f"[not attempted yet] {head}: the function still raises NotImplementedError. "
+                               "Replace the `raise` line with your code, then run the cell again.")
+            except Exception as err:  # the learner's bug, reported in one line, not a traceback
+                return self._fail(head, case, f"raised {type(err).__name__}: {_short(err)}", case.hint)
+            if not _same(args, case.args) or not _same(kwargs, case.kwargs):
+                return self._fail(head, case, "the function changed its input in place",
+                                  "work on copies (or out-of-place operations): a loss must not modify its arguments")
+            expected = (case.expected or (lambda a, k: probe(self.reference, a, k)))(_copy(case.args), _copy(case.kwargs))
+            try:
+                _compare(expected, got, rtol, atol)
+            except _Disagreement as diff:
+                return self._fail(head, case, str(diff), self._diagnose(case, got, rtol, atol))
+        n = len(self.cases)
+        return Verdict(self.key, "pass", f"[pass] {head}: {n} input{'s' * (n != 1)} checked, all correct.")
+
+    def _diagnose(self, case: Case, got: Any, rtol: float, atol: float) -> str | None:
+        probe = case.probe or _call
+        for mistake in self.mistakes:
+            try:
+                wrong = probe(mistake.function, _copy(case.args), _copy(case.kwargs))
+                _compare(wrong, got, rtol, atol)
+            except Exception:  # noqa: BLE001 - a mistake that does not apply (or does not match)
+                continue
+            return mistake.hint
+        return case.hint
+
+    def _fail(self, head: str, case: Case | None, what: str, hint: str | None) -> Verdict:
+        hint = hint or f"reread {self.section}"
+        on = f" on {case.label}" if case is not None else ""
+        message = f"[not yet] {head}{on}:\n  {what}\n  hint: {hint}"
+        return Verdict(self.key, "fail", message, case.label if case else None, hint)
+
+
+def _short(err: Exception, limit: int = 160) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+#: Every checker, by key (``"01.1"``, ...).
+EXERCISES: dict[str, Exercise] = {}
+
+
+def exercise(
+    key: str,
+    title: str,
+    section: str,
+    reference: Callable,
+    cases: Callable[[], list[Case]],
+    mistakes: list[Mistake] | None = None,
+    rtol: float = 1e-4,
+    atol: float = 1e-6,
+) -> Exercise:
+    """Create an :class:`Exercise`, register it in :data:`EXERCISES` under ``key`` and return it.
+
+    The arguments are those of :class:`Exercise`. A key can be registered only once.
+    """
+    if key in EXERCISES:
+        raise ValueError(f"exercise {key!r} is already registered")
+    EXERCISES[key] = Exercise(key, title, section, reference, cases, mistakes, rtol, atol)
+    return EXERCISES[key]
+
+
+# ----------------------------------------------------------------------------- probes
+
+
+def _input_gradient(fn: Callable, args: tuple, kwargs: dict) -> Any:
+    """Gradient of ``fn(*args)`` with respect to its first argument (a float tensor)."""
+    x = args[0].detach().clone().requires_grad_(True)
+    out = fn(x, *args[1:], **kwargs)
+    if not isinstance(out, torch.Tensor) or not out.requires_grad:
+        raise TypeError("the loss is not connected to its input: use torch operations only, no .item() or numpy")
+    (grad,) = torch.autograd.grad(out, x)
+    return grad
+
+
+# ----------------------------------------------------------------------------- notebook 01
+
+
+def _drlim_other_reference(x1, x2, y, margin=1.0):
+    return margin_contrastive_loss(x1, x2, 1 - y, margin)
+
+
+def _drlim_cases() -> list[Case]:
+    g = torch.Generator().manual_seed(1)
+    x1, x2 = torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g)
+    y = torch.tensor([1, 0, 1, 0, 0, 1])
+    same = torch.ones(2, 2)
+    return [
+        Case("one similar pair (y = 1) 0.5 apart", (torch.tensor([[0.5, 0.0]]), torch.zeros(1, 2), torch.tensor([1]))),
+        Case("one dissimilar pair (y = 0) 0.5 apart, margin 1",
+             (torch.tensor([[0.5, 0.0]]), torch.zeros(1, 2), torch.tensor([0]))),
+        Case("one dissimilar pair 1.5 apart, beyond the margin",
+             (torch.tensor([[1.5, 0.0]]), torch.zeros(1, 2), torch.tensor([0])),
+             hint="a dissimilar pair beyond the margin costs nothing: reread 01 §2 (the repulsive spring lets go)"),
+        Case("a batch of 6 pairs in 3-D, margin 2", (x1, x2, y), {"margin": 2.0}),
+        Case("two identical points, one pair of each label", (same, same.clone(), torch.tensor([1, 0]))),
+        Case("the gradient at two identical points (must be finite)",
+             (same, same.clone(), torch.tensor([1, 0])), probe=_input_gradient,
+             hint="the slope of sqrt at 0 is infinite: do not take a square root for the attractive term, "
+                  "and guard it in the repulsive one; reread 01 §3 (the comment on D = 0)"),
+    ]
+
+
+#: 01.1: the DrLIM loss with the other label convention, ``y = 1`` similar and ``y = 0`` dissimilar.
+check_drlim_other_convention = exercise(
+    "01.1", "DrLIM loss with y = 1 for similar pairs", "01 §2 (two different springs)",
+    reference=_drlim_other_reference,
+    cases=_drlim_cases,
+    mistakes=[
+        Mistake(lambda x1, x2, y, margin=1.0: margin_contrastive_loss(x1, x2, y, margin),
+                "this is clbook's convention (y = 0 similar); here y = 1 means similar: reread 01 §6 (the label trap)"),
+        Mistake(lambda x1, x2, y, margin=1.0: 2 * margin_contrastive_loss(x1, x2, 1 - y, margin),
+                "each spring stores one half k x^2: reread 01 §1-2 (the factor 1/2)"),
+        Mistake(lambda x1, x2, y, margin=1.0: margin_contrastive_loss(x1, x2, 1 - y, margin) * len(y),
+                "the batch loss is the mean over pairs, not the sum: reread 01 §2"),
+    ],
+)
+
+
+def _drlim_force_reference(distance, y, margin=1.0):
+    # -dE/dD through clbook: pairs laid along the x axis, the force on x1 along +x.
+    x1 = torch.stack([distance, torch.zeros_like(distance)], dim=1).to(torch.float64).requires_grad_(True)
+    total = margin_contrastive_loss(x1, torch.zeros_like(x1), y, margin) * len(distance)
+    (grad,) = torch.autograd.grad(total, x1)
+    return -grad[:, 0]
+
+
+def _drlim_force_cases() -> list[Case]:
+    d = torch.tensor([0.1, 0.5, 0.99, 1.0, 1.5, 3.0], dtype=torch.float64)
+    return [
+        Case("similar pairs (y = 0) at distances 0.1 to 3", (d, torch.zeros(6, dtype=torch.long))),
+        Case("dissimilar pairs (y = 1) at distances 0.1 to 3, margin 1", (d, torch.ones(6, dtype=torch.long))),
+        Case("mixed labels, margin 2", (d, torch.tensor([0, 1, 0, 1, 1, 1])), {"margin": 2.0}),
+    ]
+
+
+#: 01.2: the force ``-dE/dD`` on one pair, as a function of the distance, label and margin.
+check_drlim_force = exercise(
+    "01.2", "force of the DrLIM springs", "01 §2-3 (energy and force against distance)",
+    reference=_drlim_force_reference,
+    cases=_drlim_force_cases,
+    mistakes=[
+        Mistake(lambda d, y, margin=1.0: -_drlim_force_reference(d, y, margin),
+                "the force is minus the derivative of the energy: reread 01 §1 (F = -dE/dx)"),
+        Mistake(lambda d, y, margin=1.0: torch.where(y == 0, -d, margin - d),
+                "the repulsive spring lets go at the margin, its force is 0 beyond it: reread 01 §2"),
+        Mistake(lambda d, y, margin=1.0: torch.where(y == 1, -d, (margin - d).clamp(min=0)),
+                "y = 0 is the similar pair (clbook's convention): reread 01 §6"),
+    ],
+)
+
+
+def _triplet_cases() -> list[Case]:
+    g = torch.Generator().manual_seed(2)
+    a, p, n = (torch.randn(8, 4, generator=g) for _ in range(3))
+    far = torch.tensor([[5.0, 0.0]])
+    return [
+        Case("one triplet that violates the margin", (torch.zeros(1, 2), torch.tensor([[0.6, 0.0]]), torch.tensor([[0.0, 0.8]]))),
+        Case("one triplet already satisfied (negative far away)", (torch.zeros(1, 2), torch.tensor([[0.5, 0.0]]), far),
+             hint="a satisfied triplet costs exactly 0: reread 01 §5 (the hinge max(0, ...))"),
+        Case("8 random triplets in 4-D, margin 0.5", (a, p, n), {"margin": 0.5}),
+        Case("the gradient when anchor and positive coincide (must be finite)",
+             (torch.zeros(1, 2), torch.zeros(1, 2), torch.tensor([[0.3, 0.0]])),
+             probe=_input_gradient,
+             hint="sqrt has an infinite slope at 0: guard the distance when two points coincide (01 §3)"),
+    ]
+
+
+#: 01.3: the triplet loss ``mean max(0, m + d(a, p) - d(a, n))``.
+check_triplet_loss = exercise(
+    "01.3", "triplet loss", "01 §5 (the same with the triplet loss)",
+    reference=triplet_margin_loss,
+    cases=_triplet_cases,
+    mistakes=[
+        Mistake(lambda a, p, n, margin=1.0: F.relu(margin + (a - p).pow(2).sum(1) - (a - n).pow(2).sum(1)).mean(),
+                "the distances are Euclidean, not squared: reread 01 §5"),
+        Mistake(lambda a, p, n, margin=1.0: (margin + (a - p).norm(dim=1) - (a - n).norm(dim=1)).mean(),
+                "a triplet that already satisfies the margin must cost 0: reread 01 §5 (max(0, ...))"),
+    ],
+)
+
+
+# ----------------------------------------------------------------------------- notebook 02
+
+
+def _nt_xent_cases() -> list[Case]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 16, generator=g)
+    z1, z2 = x + 0.8 * torch.randn(4, 16, generator=g), x + 0.8 * torch.randn(4, 16, generator=g)
+    # Views that are unrelated: many anchors have a negative closer than their positive, the case
+    # where a shifted-but-not-log-space loss underflows at small temperatures.
+    h1, h2 = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)
+    stability = "reread 02 §5 (numerical stability: row max, log-sum-exp, -inf on the diagonal)"
+
+    def half_case(tau):
+        # A float16 answer is compared with the float32 value of the same inputs, within float16's
+        # resolution of logits of size 1 / tau (02 §5.5).
+        return Case(f"float16 views, tau = {tau}", (z1.half(), z2.half(), tau),
+                    expected=lambda a, k: nt_xent_loss(a[0].float(), a[1].float(), a[2]),
+                    atol=4 * 2**-10 / tau, rtol=0.0, hint=stability)
+
+    return [
+        Case("the toy batch of 02 §1 (N = 4, D = 16), tau = 0.5", (z1, z2, 0.5)),
+        Case("unnormalized views 100x larger, tau = 0.5", (100 * z1, 100 * z2, 0.5),
+             hint="cosine similarity compares directions: normalize the rows first (02 §1)"),
+        Case("N = 1: the positive is the only other row, tau = 0.5", (z1[:1], z2[:1], 0.5)),
+        Case("unrelated views (N = 6), tau = 0.1", (h1, h2, 0.1)),
+        Case("the toy batch at tau = 0.01 (float32)", (z1, z2, 0.01), hint=stability),
+        Case("unrelated views at tau = 0.01 (float32)", (h1, h2, 0.01), hint=stability),
+        half_case(0.5),
+        half_case(0.07),
+    ]
+
+
+def _masked_before_exp(z1, z2, tau):
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    m = z.shape[0]
+    logits = (z @ z.T / tau) * (1 - torch.eye(m, dtype=z.dtype))
+    return (torch.logsumexp(logits, 1) - logits[torch.arange(m), torch.arange(m).roll(m // 2)]).mean()
+
+
+def _unnormalized(z1, z2, tau):
+    z = torch.cat([z1, z2])
+    m = z.shape[0]
+    logits = (z @ z.T / tau).masked_fill(torch.eye(m, dtype=torch.bool), float("-inf"))
+    return (torch.logsumexp(logits, 1) - logits[torch.arange(m), torch.arange(m).roll(m // 2)]).mean()
+
+
+def _positive_left_out(z1, z2, tau):
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    m = z.shape[0]
+    logits = z @ z.T / tau
+    pos_col = torch.arange(m).roll(m // 2)
+    pos = logits[torch.arange(m), pos_col]
+    drop = torch.eye(m, dtype=torch.bool) | F.one_hot(pos_col, m).bool()
+    return (torch.logsumexp(logits.masked_fill(drop, float("-inf")), 1) - pos).mean()
+
+
+def _first_views_only(z1, z2, tau):
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    m = z.shape[0]
+    logits = (z @ z.T / tau).masked_fill(torch.eye(m, dtype=torch.bool), float("-inf"))
+    per_anchor = torch.logsumexp(logits, 1) - logits[torch.arange(m), torch.arange(m).roll(m // 2)]
+    return per_anchor[: m // 2].mean()
+
+
+#: 02.1: NT-Xent from scratch, finite and correct at temperature 0.01 and in float16.
+check_nt_xent = exercise(
+    "02.1", "NT-Xent from scratch", "02 §2 and §5 (the formula, then the stable implementation)",
+    reference=nt_xent_loss,
+    cases=_nt_xent_cases,
+    mistakes=[
+        Mistake(_masked_before_exp,
+                "the diagonal logit became 0, so exp(0) = 1 joined every denominator: set the diagonal to "
+                "-inf before the log-sum-exp; reread 02 §5.4"),
+        Mistake(_positive_left_out,
+                "the positive belongs in its own denominator, -log a/(a+b): reread 02 §3"),
+        Mistake(_unnormalized,
+                "cosine similarity compares directions: normalize the rows first; reread 02 §1"),
+        Mistake(lambda z1, z2, tau: nt_xent_loss(z1, z2, 1.0),
+                "divide the similarities by the temperature: reread 02 §2"),
+        Mistake(_first_views_only,
+                "every one of the 2N views is an anchor, so the mean runs over 2N terms: reread 02 §2"),
+    ],
+)
+
+
+def _dropped_diagonal_reference(n):
+    positive = torch.arange(2 * n).roll(n)
+    return positive - (positive > torch.arange(2 * n)).long()
+
+
+#: 02.2: cross-entropy targets for the layout that drops the diagonal, ``[2N, 2N - 1]`` logits.
+check_dropped_diagonal_targets = exercise(
+    "02.2", "targets with the diagonal dropped", "02 §4 (layout (a): drop the diagonal)",
+    reference=_dropped_diagonal_reference,
+    cases=lambda: [Case(f"N = {n}", (n,)) for n in (1, 2, 4, 7)],
+    mistakes=[
+        Mistake(lambda n: torch.arange(2 * n).roll(n),
+                "those are the targets of layout (b), which keeps the diagonal; after dropping it, the "
+                "columns right of i move one to the left: reread 02 §4 (a)"),
+        Mistake(lambda n: torch.zeros(2 * n, dtype=torch.long),
+                "zeros are the targets of layout (c), positive first: reread 02 §4 (a)"),
+    ],
+    rtol=0.0, atol=0.0,
+)
+
+
+def _anchor_gradient_reference(sims, tau):
+    s = sims.detach().clone().requires_grad_(True)
+    loss = -s[0] / tau + torch.logsumexp(s / tau, dim=0)
+    (grad,) = torch.autograd.grad(loss, s)
+    return grad
+
+
+def _anchor_gradient_cases() -> list[Case]:
+    neg = torch.linspace(-1, 1, 9, dtype=torch.float64)
+    row = torch.cat([torch.tensor([0.8], dtype=torch.float64), neg])
+    return [
+        Case("positive 0.8 and 9 negatives in [-1, 1], tau = 1", (row, 1.0)),
+        Case("the same row, tau = 0.1", (row, 0.1)),
+        Case("one negative only, tau = 0.5", (torch.tensor([0.2, 0.5], dtype=torch.float64), 0.5)),
+        Case("the same row at tau = 0.01", (row, 0.01),
+             hint="at small tau exp overflows: compute the softmax stably (torch.softmax, or subtract the max); "
+                  "reread 02 §5.2"),
+    ]
+
+
+#: 02.3: the gradient of one anchor's loss with respect to its similarities (positive first).
+check_anchor_gradient = exercise(
+    "02.3", "gradient of one anchor's loss", "02 §7.2 (the gradient weight per negative)",
+    reference=_anchor_gradient_reference,
+    cases=_anchor_gradient_cases,
+    mistakes=[
+        Mistake(lambda s, tau: _anchor_gradient_reference(s, tau) * tau,
+                "the logits are s / tau, so every entry carries a factor 1 / tau: reread 02 §7.2"),
+        Mistake(lambda s, tau: torch.cat([(1 - torch.softmax(s / tau, 0)[:1]) / tau, torch.softmax(s / tau, 0)[1:] / tau]),
+                "the positive is pulled: its entry is negative, -(1 - P(p)) / tau; reread 02 §7.2"),
+        Mistake(lambda s, tau: torch.softmax(s / tau, 0) / tau,
+                "the positive also appears in the numerator, -s_p / tau: its entry is -(1 - P(p)) / tau; "
+                "reread 02 §7.2"),
+    ],
+    rtol=1e-6, atol=1e-9,
+)
+
+
+# ----------------------------------------------------------------------------- notebook 06
+
+
+def _em_step_reference(X, weights, means, covariances, reg_covar=1e-6):
+    resp, _ = gmm_e_step(X, weights, means, covariances)
+    return gmm_m_step(X, resp, reg_covar)
+
+
+def _em_cases() -> list[Case]:
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal([0, 0], 1.0, (20, 2)), rng.normal([4, 1], 0.7, (15, 2))])
+    w, mu = np.array([0.5, 0.5]), np.array([[0.5, 0.5], [3.0, 0.0]])
+    cov = np.stack([np.eye(2), np.eye(2)])
+    far = np.vstack([X, [[60.0, 0.0]]])
+    X3 = rng.normal(size=(30, 3))
+    mu3 = X3[:3].copy()
+    cov3 = np.stack([np.eye(3) * s for s in (0.5, 1.0, 2.0)])
+    return [
+        Case("35 points, 2 components, identity covariances", (X, w, mu, cov)),
+        Case("the same with unequal weights and reg_covar = 0.1", (X, np.array([0.8, 0.2]), mu, cov), {"reg_covar": 0.1}),
+        Case("3-D data, 3 components of different sizes", (X3, np.full(3, 1 / 3), mu3, cov3)),
+        Case("a point 60 units from both components", (far, w, mu, cov),
+             hint="the density of the far point underflows to 0 and 0 / 0 = nan: compute the responsibilities "
+                  "in log space; reread 06 §2 (why the E-step works in log space)"),
+    ]
+
+
+def _em_means_over_n(X, weights, means, covariances, reg_covar=1e-6):
+    resp, _ = gmm_e_step(X, weights, means, covariances)
+    w, _, cov = gmm_m_step(X, resp, reg_covar)
+    return w, resp.T @ X / len(X), cov
+
+
+def _em_old_means(X, weights, means, covariances, reg_covar=1e-6):
+    resp, _ = gmm_e_step(X, weights, means, covariances)
+    w, mu, _ = gmm_m_step(X, resp, reg_covar)
+    nk = resp.sum(0)
+    cov = np.stack([(resp[:, j, None] * (X - means[j])).T @ (X - means[j]) / nk[j] + reg_covar * np.eye(X.shape[1])
+                    for j in range(len(nk))])
+    return w, mu, cov
+
+
+#: 06.1: one EM iteration: the E-step's responsibilities, then the M-step's parameters.
+check_em_step = exercise(
+    "06.1", "one EM step", "06 §2 (EM from the Q-function: E-step, then M-step)",
+    reference=_em_step_reference,
+    cases=_em_cases,
+    mistakes=[
+        Mistake(_em_means_over_n,
+                "a mean is divided by the soft count N_j = sum_i r_ij, not by n: reread 06 §2 (M-step, means)"),
+        Mistake(_em_old_means,
+                "the covariance is the scatter about the new means: reread 06 §2 (M-step, covariances)"),
+        Mistake(lambda X, w, mu, cov, reg_covar=1e-6: _em_step_reference(X, w, mu, cov, 0.0),
+                "add reg_covar to the diagonal of every covariance, as gmm_m_step does: reread 06 §2"),
+    ],
+    rtol=1e-6, atol=1e-9,
+)
+
+
+def _gmm_bic_reference(X, fit: GMMResult) -> float:
+    X = np.asarray(X, dtype=np.float64)
+    n, d = X.shape
+    k = len(fit.weights)
+    n_params = (k - 1) + k * d + k * d * (d + 1) // 2
+    return -2 * n * fit.log_likelihood_history[-1] + n_params * math.log(n)
+
+
+def _bic_cases() -> list[Case]:
+    rng = np.random.default_rng(1)
+    X = np.vstack([rng.normal([0, 0], 1.0, (40, 2)), rng.normal([5, 0], 1.0, (40, 2))])
+    Y = rng.normal(size=(50, 3))
+    return [Case(f"{len(data)} points in {data.shape[1]}-D, a fit with k = {k}", (data, gmm_em(data, k, random_state=0)))
+            for data, k in ((X, 1), (X, 2), (X, 4), (Y, 2))]
+
+
+def _bic_mean_loglik(X, fit):
+    n = len(X)
+    return _gmm_bic_reference(X, fit) + 2 * (n - 1) * fit.log_likelihood_history[-1]
+
+
+def _bic_params_full(X, fit):
+    n, d = np.shape(X)
+    k = len(fit.weights)
+    return -2 * n * fit.log_likelihood_history[-1] + (k + k * d + k * d * d) * math.log(n)
+
+
+#: 06.2: the Bayesian information criterion of a fitted mixture, to choose k.
+check_gmm_bic = exercise(
+    "06.2", "BIC of a Gaussian mixture", "06 §1-2 (the log-likelihood) and the exercise's definition",
+    reference=_gmm_bic_reference,
+    cases=_bic_cases,
+    mistakes=[
+        Mistake(_bic_mean_loglik,
+                "log_likelihood_history holds the mean per point; the BIC needs the total, n times it"),
+        Mistake(_bic_params_full,
+                "count free parameters: the weights sum to one (k - 1), and a symmetric d x d covariance "
+                "has d (d + 1) / 2 of them"),
+    ],
+    rtol=1e-8, atol=1e-6,
+)
+
+
+def _positives_only(z, labels, tau):
+    z = F.normalize(z, dim=1)
+    pos = (labels[:, None] == labels[None, :]) & ~torch.eye(len(labels), dtype=torch.bool)
+    d2 = (z[:, None, :] - z[None, :, :]).pow(2).sum(-1)
+    return ((d2 * pos).sum(1) / pos.sum(1)).mean() / (2 * tau)
+
+
+def _partition_weighted_reference(z, labels, tau, lam):
+    # SupCon = alignment + (log-partition - 1 / tau) (06 §5); weight the second part by lam.
+    align = _positives_only(z, labels, tau)
+    return align + lam * (supcon_loss(z, labels=labels, temperature=tau) - align)
+
+
+def _partition_cases() -> list[Case]:
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(12, 2, generator=g)
+    labels = torch.tensor([0, 1, 2] * 4)
+    z8 = torch.randn(8, 5, generator=g)
+    l8 = torch.tensor([0, 0, 1, 1, 1, 2, 2, 2])
+    return [
+        Case("lam = 0: positives only, tau = 0.5", (z, labels, 0.5, 0.0)),
+        Case("lam = 1: SupCon itself, tau = 0.5", (z, labels, 0.5, 1.0),
+             hint="with lam = 1 the loss must equal clbook.losses.supcon_loss: reread 06 §5 (the split)"),
+        Case("lam = 0.3, tau = 0.5", (z, labels, 0.5, 0.3)),
+        Case("5-D embeddings, lam = 0.7, tau = 0.1", (z8, l8, 0.1, 0.7)),
+    ]
+
+
+#: 06.3: SupCon with its log-partition term weighted by ``lam`` (0: positives only, 1: SupCon).
+check_partition_weighted_loss = exercise(
+    "06.3", "SupCon with a weighted log-partition term",
+    "06 §5 (the contrastive view: the split into alignment and log-partition, on unit vectors)",
+    reference=_partition_weighted_reference,
+    cases=_partition_cases,
+    mistakes=[
+        Mistake(lambda z, labels, tau, lam: _positives_only(z, labels, tau)
+                + lam * (supcon_loss(z, labels=labels, temperature=tau) - _positives_only(z, labels, tau) + 1 / tau),
+                "the constant -1/tau belongs to the split: with it, lam = 1 gives SupCon exactly; reread 06 §5"),
+    ],
+)

@@ -1,0 +1,186 @@
+"""Sphinx configuration of the clbook book: the executed notebooks, a course map and the API.
+
+Build (no notebook is executed again; the pages show the outputs saved in the notebooks):
+
+    python -m sphinx -b html docs docs/_build/html
+
+``docs/notebooks/`` is a generated copy of the course's ``notebooks/`` folder (refreshed on every
+build, not tracked), so every notebook, including ones added later, gets a page. Math is rendered by MathJax 2 served from the copy that
+the ``jupyter-server-mathjax`` package installs; it is copied into the built site at the end of
+the build, so the pages read offline. The course table on the index page is generated here from
+``benchmarks/results/course.json`` and the notebooks' titles.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import nbformat
+
+DOCS = Path(__file__).resolve().parent
+ROOT = DOCS.parent
+sys.path.insert(0, str(ROOT))  # autodoc imports this checkout's clbook
+
+import clbook  # noqa: E402
+
+project = "clbook"
+author = "the clbook authors"
+copyright = "2026, the clbook authors"
+release = version = clbook.__version__
+
+extensions = [
+    "myst_nb",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.mathjax",
+    "sphinx.ext.viewcode",
+]
+exclude_patterns = ["_build", "_generated", "**/.ipynb_checkpoints", "Thumbs.db", ".DS_Store"]
+suppress_warnings = ["myst.header"]  # notebooks start at "# 01 · ..." and go on with "##"
+
+# ----------------------------------------------------------------------------- notebooks
+
+
+def sync_notebooks() -> None:
+    """Mirror ROOT/notebooks/*.ipynb into DOCS/notebooks/, touching only files that changed.
+
+    A copy rather than a symbolic link: MyST resolves links between notebooks from the real path
+    of a page, which for a link would lie outside the book.
+    """
+    target = DOCS / "notebooks"
+    target.mkdir(exist_ok=True)
+    sources = {p.name: p for p in (ROOT / "notebooks").glob("*.ipynb")}
+    for stale in target.glob("*.ipynb"):
+        if stale.name not in sources:
+            stale.unlink()
+    for name, source in sources.items():
+        copy = target / name
+        if not copy.exists() or copy.read_bytes() != source.read_bytes():
+            shutil.copy2(source, copy)
+
+
+sync_notebooks()
+nb_execution_mode = "off"  # the notebooks are executed by CI; the book shows their saved outputs
+nb_merge_streams = True
+myst_enable_extensions = ["dollarmath", "amsmath"]
+myst_heading_anchors = 3
+myst_dmath_double_inline = True  # "$$...$$" inside a paragraph (as Jupyter allows) is display math
+myst_update_mathjax = False  # MathJax 2 is configured below
+
+# ----------------------------------------------------------------------------- API reference
+autodoc_member_order = "bysource"
+autodoc_typehints = "none"  # the numpydoc docstrings state types and shapes
+autodoc_default_options = {"members": True, "show-inheritance": True}
+napoleon_google_docstring = False
+napoleon_numpy_docstring = True
+napoleon_use_rtype = False
+
+# ----------------------------------------------------------------------------- HTML and math
+html_theme = "alabaster"
+html_title = "clbook: contrastive learning, derived and then checked by numbers"
+html_theme_options = {
+    "description": "An executable course on contrastive learning",
+    "fixed_sidebar": True,
+    "page_width": "1240px",  # code cells and printed tensors are up to about 110 characters wide
+    "sidebar_width": "240px",
+    "body_max_width": "none",
+}
+html_static_path: list[str] = []
+
+import jupyter_server_mathjax  # noqa: E402
+
+MATHJAX_SOURCE = Path(jupyter_server_mathjax.__file__).resolve().parent / "static"
+# Relative to the built site's _static folder; the files are copied there by copy_mathjax.
+mathjax_path = "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full"
+mathjax2_config = {
+    "tex2jax": {"inlineMath": [["\\(", "\\)"]], "displayMath": [["\\[", "\\]"]], "processEscapes": True},
+    "HTML-CSS": {"imageFont": None},  # the web fonts are copied; the image fonts are not
+}
+
+
+def copy_mathjax(app, exception) -> None:
+    """Copy MathJax 2 from jupyter-server-mathjax into the built site (nothing is kept in the repo)."""
+    if exception is not None or app.builder.format != "html":
+        return
+    target = Path(app.outdir) / "_static" / "mathjax"
+    if not (target / "MathJax.js").exists():
+        # Only English is used: the translations are left out (2 MB of the 12).
+        shutil.copytree(MATHJAX_SOURCE, target, ignore=shutil.ignore_patterns("localization"), dirs_exist_ok=True)
+
+
+# ----------------------------------------------------------------------------- course table
+
+# What each notebook needs besides the pinned environment. Notebooks not listed here get "none
+# beyond the environment" unless they load data through clbook.data (then: see the notebook).
+DATA = {
+    "01": "none (toy points)",
+    "02": "none (random vectors)",
+    "03": "none (a 4-sample toy batch)",
+    "04": "Iris (ships with scikit-learn)",
+    "05": "MNIST (shipped test split `data/mnist_t10k/`, or a download)",
+    "06": "MNIST (as in 05)",
+}
+
+
+def course_table() -> str:
+    """Markdown table: notebook page, title, minutes (from the course benchmark) and data."""
+    timings = {}
+    bench = ROOT / "benchmarks" / "results" / "course.json"
+    if bench.exists():
+        timings = {row["notebook"]: row for row in json.loads(bench.read_text())["notebooks"]}
+    lines = ["| notebook | minutes | data |", "|---|---:|---|"]
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        first = next((c.source for c in nb.cells if c.cell_type == "markdown"), path.stem)
+        title = first.splitlines()[0].lstrip("# ").strip()
+        row = timings.get(path.name)
+        minutes = f"{row['wall_s'] / 60:.1f}" if row and row.get("status") == "ok" else "not yet measured"
+        data = DATA.get(path.name[:2])
+        if data is None:
+            text = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+            data = "see the notebook" if ("load_mnist" in text or "load_iris" in text) else "none"
+        lines.append(f"| {{doc}}`{title} </notebooks/{path.stem}>` | {minutes} | {data} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_course_table(app) -> None:
+    generated = DOCS / "_generated"
+    generated.mkdir(exist_ok=True)
+    target = generated / "course_table.md"
+    text = course_table()
+    if not target.exists() or target.read_text() != text:  # unchanged: keep the build incremental
+        target.write_text(text)
+
+
+# ----------------------------------------------------------------------------- API pages
+
+
+def write_api_pages(app) -> None:
+    """One page per module of clbook in docs/api/ (generated, not tracked): new modules get one too.
+
+    One page each, because several module docstrings have a section of the same name
+    ("Conventions"), which on a shared page would be duplicate targets.
+    """
+    target = DOCS / "api"
+    target.mkdir(exist_ok=True)
+    modules = sorted(p.stem for p in (ROOT / "clbook").glob("*.py") if not p.stem.startswith("_"))
+    for stale in target.glob("*.*"):
+        if stale.stem not in modules or stale.suffix != ".rst":
+            stale.unlink()
+    for name in modules:
+        # reStructuredText rather than MyST: in a MyST page, the sections of a docstring would
+        # become explicit labels, and two modules' "Conventions" would collide.
+        title = f"``clbook.{name}``"
+        text = f"{title}\n{'=' * len(title)}\n\n.. automodule:: clbook.{name}\n"
+        page = target / f"{name}.rst"
+        if not page.exists() or page.read_text() != text:
+            page.write_text(text)
+
+
+def setup(app):
+    app.connect("builder-inited", write_api_pages)
+    app.connect("builder-inited", write_course_table)
+    app.connect("build-finished", copy_mathjax)
