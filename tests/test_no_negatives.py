@@ -213,6 +213,20 @@ def test_collapse_monitor_on_a_constant_and_a_random_encoder():
     out = monitor(Constant(), 1)
     assert out["std"] == 0.0 and out["uniformity"] == 0.0 and out["alignment"] == 0.0
     assert out["effective_rank"] == pytest.approx(1.0)
+    assert out["nt_xent"] == pytest.approx(math.log(2 * 40 - 1), rel=1e-6)  # collapse sits at chance
     out = monitor(make_encoder("fc", seed=0).eval(), 1)
     assert out["std"] > 0 and out["uniformity"] < 0 and out["effective_rank"] > 2 and out["alignment"] > 0
     assert monitor(make_encoder("fc", seed=0).eval(), 2) == out  # the same views every epoch
+
+
+def test_plot_collapse_draws_every_run():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from clbook.training import History
+    from clbook.viz import plot_collapse
+
+    h = History(loss=[1.0, 0.5], val_acc=[0.5, 0.6], best_epoch=2,
+                metrics={"proj_std": [0.1, 0.05], "uniformity": [-1.0, -0.5], "effective_rank": [5.0, 3.0]})
+    axes = plot_collapse({"a": h, "b": h}, proj_dim=64)
+    assert len(axes) == 4 and all(len(ax.get_lines()) >= 2 for ax in axes)
