@@ -285,7 +285,7 @@ def run_iris(method: str = "supcon", seeds=(0, 1, 2, 3, 4), progress: bool = Fal
     standard deviation covers all three sources of variation.
     """
     _check_method(method)
-    if method == "simclr":
+    if method not in ("supcon", "random"):
         raise ValueError("the Iris experiment compares 'supcon' and 'random' only")
     runs = []
     for seed in seeds:

@@ -62,7 +62,10 @@ def test_result_row_and_table():
 
 def test_unknown_method_rejected():
     with pytest.raises(ValueError, match="unknown method"):
-        experiments.run_iris("byol")
+        experiments.run_iris("no-such-method")
+    for method in ("simclr", "simsiam", "byol"):  # MNIST methods: no Iris configuration
+        with pytest.raises(ValueError, match="'supcon' and 'random' only"):
+            experiments.run_iris(method)
     with pytest.raises(ValueError, match="no MNIST config"):
         experiments.train_mnist_encoder("mlp", "supcon", split=None)
 
