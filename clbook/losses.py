@@ -673,8 +673,7 @@ def negative_cosine_loss(p: Tensor, z: Tensor, stop_gradient: bool = True) -> Te
 
 
 def normalized_mse_loss(p: Tensor, z: Tensor, stop_gradient: bool = True) -> Tensor:
-    r"""BYOL's loss: squared distance of the L2-normalized rows, :math:`\lVert \hat p - \hat z 
-Vert^2 = 2 - 2\cos(p, z)`.
+    r"""BYOL's loss: squared distance of the L2-normalized rows, :math:`\lVert \hat p - \hat z \rVert^2 = 2 - 2\cos(p, z)`.
 
     Grill et al. (2020) compare the online network's prediction of one view with the target
     network's projection of the other view. For unit vectors the squared distance is
