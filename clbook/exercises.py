@@ -40,10 +40,29 @@ key       checker                                 the learner writes
 02.1      :data:`check_nt_xent`                   NT-Xent, stable at tau 0.01 and float16
 02.2      :data:`check_dropped_diagonal_targets`  cross-entropy targets, diagonal dropped
 02.3      :data:`check_anchor_gradient`           the gradient of one anchor's loss
+03.1      :data:`check_supcon_out`                SupCon L_out, anchors without positives out
+03.2      :data:`check_supcon_in`                 SupCon L_in (the mean inside the log)
+03.3      :data:`check_supcon_pair_weighted`      the notes' pair-weighted form
+04.1      :data:`check_standardize`               standardize with training statistics only
+04.2      :data:`check_choose_k`                  kNN's k chosen on validation data
+05.1      :data:`check_knn_predict`               kNN by cosine similarity, majority vote
+05.2      :data:`check_probe_step`                one gradient step of a linear probe
 06.1      :data:`check_em_step`                   one EM iteration (E-step, then M-step)
 06.2      :data:`check_gmm_bic`                   the BIC of a fitted mixture
 06.3      :data:`check_partition_weighted_loss`   SupCon with a weighted log-partition term
+07.1      :data:`check_info_nce_queue`            InfoNCE with a queue, no gradient into it
+07.2      :data:`check_enqueue`                   the queue's FIFO enqueue, with wrap-around
+07.3      :data:`check_ema_update`                the momentum (EMA) update
+08.1      :data:`check_alignment_uniformity`      alignment and uniformity, in log space
+08.2      :data:`check_simsiam_loss`              SimSiam's symmetric loss, stop-gradient
+08.3      :data:`check_effective_rank`            the effective rank (RankMe)
+09.1      :data:`check_sinkhorn`                  Sinkhorn-Knopp in log space
+09.2      :data:`check_swav_loss`                 SwAV's swapped prediction
 ========  ======================================  =========================================
+
+The checkers of 08 and 09 compare with ``clbook.metrics``, ``clbook.losses.negative_cosine_loss``,
+``clbook.cluster.sinkhorn_knopp`` and ``clbook.losses.swav_loss``; with a ``clbook`` that lacks
+them, they report ``unavailable`` (``Exercise.available`` is False) instead of checking.
 """
 
 from __future__ import annotations
@@ -75,6 +94,21 @@ __all__ = [
     "check_em_step",
     "check_gmm_bic",
     "check_partition_weighted_loss",
+    "check_supcon_out",
+    "check_supcon_in",
+    "check_supcon_pair_weighted",
+    "check_standardize",
+    "check_choose_k",
+    "check_knn_predict",
+    "check_probe_step",
+    "check_info_nce_queue",
+    "check_enqueue",
+    "check_ema_update",
+    "check_alignment_uniformity",
+    "check_simsiam_loss",
+    "check_effective_rank",
+    "check_sinkhorn",
+    "check_swav_loss",
 ]
 
 
@@ -1292,7 +1326,9 @@ def _align_uniform_cases() -> list[Case]:
     z2 = z1 + 0.6 * torch.randn(16, 8, generator=g)
     point = torch.randn(1, 8, generator=g)
     collapsed = point.repeat(10, 1) * torch.linspace(0.5, 3, 10)[:, None]  # one direction, many lengths
-    antipodal = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 2.0]])
+    # Three directions 120 degrees apart: every squared distance is 3, and exp(-300 * 3) underflows.
+    angles = torch.tensor([0.0, 2.0, 4.0]) * math.pi / 3
+    spread = torch.stack([torch.cos(angles), torch.sin(angles)], dim=1) * torch.tensor([[1.0], [2.0], [0.5]])
     return [
         Case("16 pairs of views in 8-D, t = 2", (z1, z2)),
         Case("the same views 30x longer, t = 2", (30 * z1, 30 * z2),
@@ -1301,7 +1337,7 @@ def _align_uniform_cases() -> list[Case]:
              (collapsed, collapsed.clone()),
              hint="at collapse every pairwise distance is 0 and the uniformity is exactly log 1 = 0: average over "
                   "pairs i < j (no point with itself); reread 08 'The diagnostics'"),
-        Case("three points far apart on a circle, t = 200", (antipodal, antipodal.flip(0)), {"t": 200.0},
+        Case("three points 120 degrees apart, t = 300", (spread, spread.flip(0)), {"t": 300.0},
              hint="exp(-t d^2) underflows to 0 and log 0 = -inf: factor the smallest distance out (log space); "
                   "reread 08 'The diagnostics'"),
     ]
