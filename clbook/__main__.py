@@ -1,11 +1,12 @@
 """Command line: ``python -m clbook reproduce [--quick] [--json FILE [--overwrite]] [--progress]``, and
 ``python -m clbook student-edition OUTDIR [NOTEBOOK ...]``.
 
-Runs the experiments of notebooks 04 and 05 headless and prints the results table; ``--json``
+Runs the experiments of notebooks 04, 05 and 08 headless and prints the results table; ``--json``
 also writes the rows as a JSON list of objects with keys ``dataset``, ``encoder``, ``method``,
-``linear_acc``, ``knn_acc``, ``seconds`` and ``data``. The file's path is checked before the run
-(an existing file is replaced only with ``--overwrite``), and the JSON is strict: a value that is
-not a finite number is written as ``null``.
+``linear_acc``, ``knn_acc``, ``alignment``, ``uniformity`` (of the held-out features; ``alignment``
+is null for Iris, which has no augmentation), ``seconds`` and ``data``. The file's path is checked
+before the run (an existing file is replaced only with ``--overwrite``), and the JSON is strict: a
+value that is not a finite number is written as ``null``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MLPEncoder", "ConvEncoder", "FCEncoder", "ProjectionHead", "make_encoder", "ENCODERS"]
+__all__ = ["MLPEncoder", "ConvEncoder", "FCEncoder", "ProjectionHead", "PredictionHead", "make_encoder", "ENCODERS"]
 
 
 def _check_input(x: Tensor, trailing: tuple[int, ...], name: str) -> None:
@@ -107,14 +107,61 @@ class FCEncoder(nn.Module):
 class ProjectionHead(nn.Module):
     """MLP head ``in_dim -> hidden -> out_dim`` on which the contrastive loss is computed.
 
+    Parameters
+    ----------
+    in_dim, hidden, out_dim : int
+    batchnorm : bool, default False
+        Batch normalization after the hidden layer, as in the projectors of BYOL (Grill et al.,
+        2020) and SimSiam (Chen and He, 2021).
+    output_batchnorm : bool, default False
+        Also batch normalization without learned scale and shift after the output layer, as in
+        SimSiam's projector: each output dimension is then standardized over the batch, which
+        keeps the projections from collapsing in training mode whatever the loss.
+
     Shapes: input ``[N, in_dim]``, output ``[N, out_dim]`` (not normalized; the losses do that).
     """
 
-    def __init__(self, in_dim: int = 128, hidden: int = 128, out_dim: int = 64) -> None:
+    def __init__(self, in_dim: int = 128, hidden: int = 128, out_dim: int = 64, batchnorm: bool = False,
+                 output_batchnorm: bool = False) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
+        hidden_norm = [nn.BatchNorm1d(hidden)] if batchnorm else []
+        output_norm = [nn.BatchNorm1d(out_dim, affine=False)] if output_batchnorm else []
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), *hidden_norm, nn.ReLU(), nn.Linear(hidden, out_dim),
+                                 *output_norm)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class PredictionHead(nn.Module):
+    """Bottleneck MLP predictor of SimSiam and BYOL: ``dim -> hidden -> dim``, ``hidden < dim``.
+
+    It maps the projection of one view to a prediction of the projection of the other view
+    (Chen and He, 2021: 2048 -> 512 -> 2048; Grill et al., 2020). The hidden layer has batch
+    normalization and a ReLU, the output layer neither. Without a predictor, SimSiam and BYOL
+    collapse; the bottleneck keeps it from learning the identity too easily.
+
+    Parameters
+    ----------
+    dim : int, default 64
+        Size of the projections it predicts (input and output).
+    hidden : int, default 32
+    batchnorm : bool, default True
+        BatchNorm1d after the hidden linear layer (needs batches of at least 2 in training mode).
+
+    Shapes: input ``[N, dim]``, output ``[N, dim]``.
+    """
+
+    def __init__(self, dim: int = 64, hidden: int = 32, batchnorm: bool = True) -> None:
+        super().__init__()
+        if dim < 1 or hidden < 1:
+            raise ValueError(f"dim and hidden must be positive, got dim={dim}, hidden={hidden}")
+        self.dim = dim
+        norm = [nn.BatchNorm1d(hidden)] if batchnorm else []
+        self.net = nn.Sequential(nn.Linear(dim, hidden), *norm, nn.ReLU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_input(x, (self.dim,), type(self).__name__)
         return self.net(x)
 
 

@@ -18,10 +18,13 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from clbook.data import LIGHT_AUGMENT, SIMCLR_AUGMENT, Split, load_iris, load_mnist, train_val_split
 from clbook.encoders import ProjectionHead, make_encoder
+from clbook.losses import nt_xent_loss
+from clbook.metrics import alignment, feature_metrics, uniformity
 from clbook.training import History, evaluate_frozen, extract_features, pretrain, set_seed, single_thread
 
 __all__ = [
@@ -34,6 +37,8 @@ __all__ = [
     "train_iris_encoder",
     "train_mnist_encoder",
     "evaluate_encoder",
+    "collapse_monitor",
+    "ALIGNMENT_AUGMENT",
     "combine_seeds",
     "run_iris",
     "run_mnist",
@@ -49,6 +54,13 @@ MNIST_CONFIGS = {
     ("cnn", "supcon"): dict(epochs=15, batch_size=256, lr=1e-3, temperature=0.1, augment=LIGHT_AUGMENT),
     ("cnn", "simclr"): dict(epochs=15, batch_size=512, lr=1e-3, temperature=0.2, augment=SIMCLR_AUGMENT),
     ("fc", "supcon"): dict(epochs=15, batch_size=256, lr=1e-3, temperature=0.1, augment=LIGHT_AUGMENT),
+    # Learning without negatives (notebook 08): strong augmentation, no labels, no negatives. The
+    # projection head gets a BatchNorm after its hidden layer (BYOL's projector; SimSiam's has it
+    # too): without it, 15 epochs of SimSiam drove the validation kNN from 0.89 down to 0.73.
+    ("cnn", "simsiam"): dict(epochs=10, batch_size=256, lr=1e-3, augment=SIMCLR_AUGMENT,
+                             head={"batchnorm": True}, method_options={"pred_hidden": 32}),
+    ("cnn", "byol"): dict(epochs=12, batch_size=256, lr=1e-3, augment=SIMCLR_AUGMENT,
+                          head={"batchnorm": True}, method_options={"pred_hidden": 32, "momentum": 0.99}),
 }
 # Negatives beyond the batch (notebook 07). MoCo: a queue of 4,096 keys and key networks with
 # momentum 0.99; its temperature was picked among 0.1 and 0.2 by the best validation kNN (seed 0).
@@ -65,8 +77,16 @@ MNIST_CONFIGS.update({
 MNIST_SEEDS = {("cnn", "simclr"): (0, 1, 2), ("cnn", "random"): (0, 1, 2), ("cnn", "moco"): (0, 1, 2)}
 # The rows of `python -m clbook reproduce` after Iris, in order, and their epochs with --quick.
 MNIST_ROWS = [("cnn", "supcon"), ("cnn", "simclr"), ("cnn", "random"), ("fc", "supcon"), ("fc", "random"),
-              ("cnn", "moco")]
-QUICK_EPOCHS = {("cnn", "supcon"): 2, ("cnn", "simclr"): 3, ("fc", "supcon"): 3, ("cnn", "moco"): 3}
+              ("cnn", "moco"), ("cnn", "simsiam"), ("cnn", "byol")]
+QUICK_EPOCHS = {("cnn", "supcon"): 2, ("cnn", "simclr"): 3, ("fc", "supcon"): 3, ("cnn", "moco"): 3,
+                ("cnn", "simsiam"): 2, ("cnn", "byol"): 2}
+# Methods whose pre-training logs the collapse diagnostics of collapse_monitor every epoch.
+MONITORED_METHODS = ("simsiam", "byol")
+# Positive pairs for the alignment column: two draws of the strong augmentation of each held-out
+# digit, from a fixed generator, the same for every row (so the column compares encoders, not
+# augmentations).
+ALIGNMENT_AUGMENT = SIMCLR_AUGMENT
+ALIGNMENT_SEED = 0
 MNIST_VAL_SIZE = 1000  # digits of the training part set aside to choose the epoch
 MNIST_MONITOR_REF = 3000  # training digits used as kNN reference while monitoring
 
@@ -78,6 +98,9 @@ class Result:
     ``linear_acc`` and ``knn_acc`` are fractions in [0, 1] on the held-out split; for rows over
     several seeds they are means; ``linear_std``, ``knn_std``, ``n_seeds`` and the per-seed
     lists ``linear_all``, ``knn_all`` (not part of the JSON) say how much they vary.
+    ``alignment`` and ``uniformity`` (:mod:`clbook.metrics`, means over seeds) describe the
+    held-out features; see :func:`evaluate_encoder`. ``alignment`` is None without an
+    augmentation (Iris).
     """
 
     dataset: str
@@ -92,11 +115,14 @@ class Result:
     n_seeds: int = 1
     linear_all: list[float] = field(default_factory=list)
     knn_all: list[float] = field(default_factory=list)
+    alignment: float | None = None
+    uniformity: float | None = None
 
     def row(self) -> dict:
-        """The JSON row: dataset, encoder, method, linear_acc, knn_acc, seconds, data."""
+        """The JSON row: dataset, encoder, method, linear_acc, knn_acc, alignment, uniformity, seconds, data."""
         d = asdict(self)
-        return {k: d[k] for k in ("dataset", "encoder", "method", "linear_acc", "knn_acc", "seconds", "data")}
+        return {k: d[k] for k in ("dataset", "encoder", "method", "linear_acc", "knn_acc", "alignment",
+                                  "uniformity", "seconds", "data")}
 
 
 def random_encoder(kind: str, seed: int = 0) -> nn.Module:
@@ -129,6 +155,7 @@ def train_mnist_encoder(
     split: Split | None = None,
     seed: int = 0,
     progress: bool = True,
+    monitor: bool | None = None,
     **overrides,
 ) -> tuple[nn.Module, History]:
     """Pre-train a CNN or FC encoder on MNIST's training part and return it (eval mode).
@@ -136,17 +163,22 @@ def train_mnist_encoder(
     Parameters
     ----------
     kind : {"cnn", "fc"}
-    method : {"supcon", "simclr", "moco", "memory_bank"}
-        SupCon uses labels and light augmentation; SimCLR, MoCo and the memory bank use no labels
-        and strong augmentation (see ``MNIST_CONFIGS``).
+    method : {"supcon", "simclr", "moco", "memory_bank", "simsiam", "byol"}
+        SupCon uses labels and light augmentation; the others use no labels and strong
+        augmentation (see ``MNIST_CONFIGS``); SimSiam and BYOL use no negatives either.
     split : Split, optional
         Loaded with :func:`clbook.data.load_mnist` if omitted.
     seed : int
         Seeds weights, batch order and augmentations.
     progress : bool
         tqdm progress bar.
+    monitor : bool, optional
+        Log the collapse diagnostics of :func:`collapse_monitor` on the validation digits after
+        every epoch, in ``history.metrics``. Default: only for the methods in ``MONITORED_METHODS``.
     **overrides
-        Replace entries of ``MNIST_CONFIGS[(kind, method)]`` (e.g. ``epochs=2`` for a quick run).
+        Replace entries of ``MNIST_CONFIGS[(kind, method)]`` (e.g. ``epochs=2`` for a quick run,
+        ``method_options={"stop_gradient": False}`` for an ablation, ``head={"batchnorm": True}``
+        for the projection head's options).
 
     Returns
     -------
@@ -163,20 +195,72 @@ def train_mnist_encoder(
     set_seed(seed)
     X_fit, y_fit, X_val, y_val = train_val_split(split.X_train, split.y_train, MNIST_VAL_SIZE, seed)
     encoder = make_encoder(kind, seed=seed)
-    head = ProjectionHead(encoder.out_dim, 128, 64)
-    # SimCLR (and MoCo, the memory bank) never sees y_fit in its loss; the labels are used only to
-    # monitor validation kNN.
+    head = ProjectionHead(encoder.out_dim, 128, 64, **cfg.pop("head", {}))
+    # SimCLR (and MoCo, the memory bank, SimSiam, BYOL) never sees y_fit in its loss; the labels are
+    # used only to monitor validation kNN.
     # Monitoring against a subset of the training digits costs less and ranks epochs the same.
     ref = slice(0, MNIST_MONITOR_REF)
+    if monitor is None:
+        monitor = method in MONITORED_METHODS
     history = pretrain(encoder, head, X_fit, y_fit, method=method,
-                       val=(X_fit[ref], y_fit[ref], X_val, y_val), seed=seed, progress=progress, **cfg)
+                       val=(X_fit[ref], y_fit[ref], X_val, y_val), seed=seed, progress=progress,
+                       on_epoch_end=collapse_monitor(X_val, seed=seed) if monitor else None, **cfg)
     return encoder, history
 
 
-def evaluate_encoder(encoder: nn.Module, split: Split, seed: int = 0) -> dict:
-    """Linear probe and kNN of a frozen encoder on ``split`` (see :func:`evaluate_frozen`)."""
-    return evaluate_frozen(extract_features(encoder, split.X_train), split.y_train,
-                           extract_features(encoder, split.X_test), split.y_test, seed=seed)
+def collapse_monitor(X: Tensor, augment=ALIGNMENT_AUGMENT, seed: int = 0, temperature: float = 0.2):
+    """An ``on_epoch_end`` callback for :func:`clbook.training.pretrain` logging collapse diagnostics.
+
+    After every epoch it computes, on the encoder's features of ``X`` (e.g. validation digits):
+    ``std``, ``uniformity``, ``effective_rank`` (:func:`clbook.metrics.feature_metrics`),
+    ``alignment`` between the features of two augmented views of ``X``, and ``nt_xent``, the
+    NT-Xent loss of those two views as one batch of N pairs (chance level ``ln(2N - 1)``, which is
+    also its value at collapse). The views are drawn once, here, from ``seed``: every epoch sees
+    the same pairs, so the curves show the encoder changing, not the draw.
+
+    Parameters
+    ----------
+    X : Tensor, shape [N, ...]
+        Inputs to describe, N >= 2.
+    augment : callable, default :data:`ALIGNMENT_AUGMENT`
+    seed : int
+    temperature : float, default 0.2
+        NT-Xent's temperature (SimCLR's on MNIST).
+
+    Returns
+    -------
+    callable
+        ``(encoder, epoch) -> dict of str -> float``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    v1, v2 = augment(X, gen), augment(X, gen)
+
+    def on_epoch_end(encoder: nn.Module, epoch: int) -> dict[str, float]:
+        f1, f2 = extract_features(encoder, v1), extract_features(encoder, v2)
+        return feature_metrics(extract_features(encoder, X)) | {
+            "alignment": alignment(f1, f2), "nt_xent": nt_xent_loss(f1, f2, temperature).item()}
+
+    return on_epoch_end
+
+
+def evaluate_encoder(encoder: nn.Module, split: Split, seed: int = 0, augment=None) -> dict:
+    """Linear probe and kNN of a frozen encoder on ``split`` (see :func:`evaluate_frozen`).
+
+    Adds ``"uniformity"`` of the held-out features (:func:`clbook.metrics.uniformity`) and, if an
+    ``augment`` is given, ``"alignment"`` of the features of two augmented views of every
+    held-out digit (drawn from the fixed ``ALIGNMENT_SEED``, the same for every encoder);
+    otherwise ``"alignment"`` is None.
+    """
+    test_feats = extract_features(encoder, split.X_test)
+    scores = evaluate_frozen(extract_features(encoder, split.X_train), split.y_train,
+                             test_feats, split.y_test, seed=seed)
+    scores["uniformity"] = uniformity(test_feats)
+    scores["alignment"] = None
+    if augment is not None:
+        gen = torch.Generator().manual_seed(ALIGNMENT_SEED)
+        v1, v2 = augment(split.X_test, gen), augment(split.X_test, gen)
+        scores["alignment"] = alignment(extract_features(encoder, v1), extract_features(encoder, v2))
+    return scores
 
 
 def combine_seeds(runs: list[Result]) -> Result:
@@ -193,9 +277,16 @@ def combine_seeds(runs: list[Result]) -> Result:
         raise ValueError("runs of different experiments cannot be combined")
     lin = [x for r in runs for x in (r.linear_all or [r.linear_acc])]
     knn = [x for r in runs for x in (r.knn_all or [r.knn_acc])]
+
+    def mean_of(attr: str) -> float | None:  # weighted by each run's seeds, None if any run lacks it
+        values = [(getattr(r, attr), max(len(r.linear_all), 1)) for r in runs]
+        if any(v is None for v, _ in values):
+            return None
+        return float(sum(v * w for v, w in values) / sum(w for _, w in values))
+
     return Result(first.dataset, first.encoder, first.method, float(np.mean(lin)), float(np.mean(knn)),
                   float(sum(r.seconds for r in runs)), first.data, float(np.std(lin)), float(np.std(knn)), len(lin),
-                  lin, knn)
+                  lin, knn, mean_of("alignment"), mean_of("uniformity"))
 
 
 def run_iris(method: str = "supcon", seeds=(0, 1, 2, 3, 4), progress: bool = False) -> Result:
@@ -205,7 +296,7 @@ def run_iris(method: str = "supcon", seeds=(0, 1, 2, 3, 4), progress: bool = Fal
     standard deviation covers all three sources of variation.
     """
     _check_method(method)
-    if method == "simclr":
+    if method not in ("supcon", "random"):
         raise ValueError("the Iris experiment compares 'supcon' and 'random' only")
     runs = []
     for seed in seeds:
@@ -217,7 +308,7 @@ def run_iris(method: str = "supcon", seeds=(0, 1, 2, 3, 4), progress: bool = Fal
             encoder = random_encoder("mlp", seed=seed)
         scores = evaluate_encoder(encoder, split, seed=seed)
         runs.append(Result("iris", "mlp", method, scores["linear_acc"], scores["knn_acc"],
-                           time.perf_counter() - start, "iris-sklearn"))
+                           time.perf_counter() - start, "iris-sklearn", uniformity=scores["uniformity"]))
     return combine_seeds(runs)
 
 
@@ -239,10 +330,11 @@ def run_mnist(
         encoder, history = random_encoder(kind, seed=seed), None
     else:
         encoder, history = train_mnist_encoder(kind, method, split, seed=seed, progress=progress, **overrides)
-    scores = evaluate_encoder(encoder, split, seed=seed)
+    scores = evaluate_encoder(encoder, split, seed=seed, augment=ALIGNMENT_AUGMENT)
     result = Result("mnist", kind, method, scores["linear_acc"], scores["knn_acc"],
                     time.perf_counter() - start, split.source,
-                    linear_all=[scores["linear_acc"]], knn_all=[scores["knn_acc"]])
+                    linear_all=[scores["linear_acc"]], knn_all=[scores["knn_acc"]],
+                    alignment=scores["alignment"], uniformity=scores["uniformity"])
     return result, encoder, history
 
 
@@ -271,14 +363,23 @@ def reproduce(quick: bool = False, progress: bool = False, split: Split | None =
 
 
 def format_table(results: list[Result]) -> str:
-    """Results as a fixed-width text table (accuracies in percent, mean +- std over seeds)."""
+    """Results as a fixed-width text table.
+
+    Accuracies in percent (mean +- std over seeds); ``align`` and ``unif`` are the alignment and
+    uniformity of the held-out features (lower is better for both; ``-`` when not measured).
+    """
 
     def pct(mean: float, std: float, n: int) -> str:
         return f"{100 * mean:5.1f} +- {100 * std:3.1f}" if n > 1 else f"{100 * mean:5.1f}"
 
-    lines = [f"{'dataset':8} {'encoder':7} {'method':7} {'linear %':>12} {'kNN %':>12} {'seeds':>5} {'seconds':>8}  data",
-             "-" * 84]
+    def num(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    lines = [f"{'dataset':8} {'encoder':7} {'method':7} {'linear %':>12} {'kNN %':>12} {'align':>6} {'unif':>6} "
+             f"{'seeds':>5} {'seconds':>8}  data",
+             "-" * 98]
     for r in results:
         lines.append(f"{r.dataset:8} {r.encoder:7} {r.method:7} {pct(r.linear_acc, r.linear_std, r.n_seeds):>12} "
-                     f"{pct(r.knn_acc, r.knn_std, r.n_seeds):>12} {r.n_seeds:>5} {r.seconds:8.1f}  {r.data}")
+                     f"{pct(r.knn_acc, r.knn_std, r.n_seeds):>12} {num(r.alignment):>6} {num(r.uniformity):>6} "
+                     f"{r.n_seeds:>5} {r.seconds:8.1f}  {r.data}")
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""Contrastive losses: DrLIM margin loss, triplet loss, NT-Xent (SimCLR), SupCon and InfoNCE (MoCo).
+"""Contrastive losses: DrLIM margin loss, triplet loss, NT-Xent (SimCLR), SupCon and InfoNCE (MoCo);
+and the losses without negatives of SimSiam (negative cosine) and BYOL (normalized MSE).
 
 Conventions shared by every function here
 -----------------------------------------
@@ -38,6 +39,8 @@ __all__ = [
     "nt_xent_loss",
     "supcon_loss",
     "info_nce_loss",
+    "negative_cosine_loss",
+    "normalized_mse_loss",
     "MarginContrastiveLoss",
     "TripletMarginLoss",
     "NTXentLoss",
@@ -626,6 +629,80 @@ def info_nce_loss(
         logits = torch.cat([positive, q @ neg.T], dim=1)  # [N, 1 + K]
         target = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
     return F.cross_entropy(logits, target).to(query.dtype)
+
+
+# ----------------------------------------------------------------------------- losses without negatives
+
+
+def _check_prediction_target(p: Tensor, z: Tensor) -> None:
+    _check_embeddings("p", p)
+    _check_embeddings("z", z)
+    _check_same_shape(("p", "z"), (p, z))
+
+
+def negative_cosine_loss(p: Tensor, z: Tensor, stop_gradient: bool = True) -> Tensor:
+    r"""SimSiam's :math:`D(p, \mathrm{sg}(z)) = -\operatorname{mean}_i \cos(p_i, z_i)` (Chen and He, 2021).
+
+    The prediction ``p`` of one view is pulled towards the projection ``z`` of the other view,
+    which is treated as a constant target (stop-gradient). There are no negatives, so a constant
+    encoder reaches the minimum, -1; the stop-gradient (with a predictor) is what keeps SimSiam
+    from getting there. The symmetric loss of a pair of views is
+    ``negative_cosine_loss(p1, z2) / 2 + negative_cosine_loss(p2, z1) / 2``.
+
+    Parameters
+    ----------
+    p : Tensor, shape [N, D]
+        Predictions (predictor outputs) for one view. Need not be normalized.
+    z : Tensor, shape [N, D]
+        Targets: projections of the other view, row i the partner of ``p``'s row i.
+    stop_gradient : bool, default True
+        Detach ``z``. ``False`` lets the gradient flow into the target too: the ablation under
+        which SimSiam collapses.
+
+    Returns
+    -------
+    Tensor, shape []
+        In [-1, 1]; -1 when every prediction points the same way as its target. A zero row has
+        cosine 0 with everything (no NaN).
+    """
+    _check_prediction_target(p, z)
+    (p, z), dtype = _to_float32(p, z)
+    if stop_gradient:
+        z = z.detach()
+    return _result(-F.cosine_similarity(p, z, dim=1).mean(), dtype, "negative_cosine_loss")
+
+
+def normalized_mse_loss(p: Tensor, z: Tensor, stop_gradient: bool = True) -> Tensor:
+    r"""BYOL's loss: squared distance of the L2-normalized rows, :math:`\lVert \hat p - \hat z 
+Vert^2 = 2 - 2\cos(p, z)`.
+
+    Grill et al. (2020) compare the online network's prediction of one view with the target
+    network's projection of the other view. For unit vectors the squared distance is
+    ``2 - 2 cos``, so this is :func:`negative_cosine_loss` times 2 plus 2: same gradients up to
+    the factor 2, values in [0, 4] instead of [-1, 1].
+
+    Parameters
+    ----------
+    p : Tensor, shape [N, D]
+        Online predictions for one view.
+    z : Tensor, shape [N, D]
+        Target projections of the other view (the target network needs no gradient anyway).
+    stop_gradient : bool, default True
+        Detach ``z``, as BYOL does.
+
+    Returns
+    -------
+    Tensor, shape []
+        Mean over the N rows of ``2 - 2 cos(p_i, z_i)``, in [0, 4]; 0 when every pair points the
+        same way. A zero row is left at zero by the normalization (distance 1 to any unit vector).
+    """
+    _check_prediction_target(p, z)
+    (p, z), dtype = _to_float32(p, z)
+    if stop_gradient:
+        z = z.detach()
+    # The distance of the unit vectors, not 2 - 2 cos: identical rows then give exactly 0.
+    loss = (F.normalize(p, dim=1) - F.normalize(z, dim=1)).pow(2).sum(dim=1).mean()
+    return _result(loss, dtype, "normalized_mse_loss")
 
 
 # ----------------------------------------------------------------------------- nn.Module wrappers

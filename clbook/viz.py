@@ -1,4 +1,4 @@
-"""Plots shared by the notebooks: annotated heatmaps and t-SNE maps of features."""
+"""Plots shared by the notebooks: annotated heatmaps, t-SNE maps of features, collapse diagnostics."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["show_matrix", "tsne_embed", "plot_embedding", "plot_tsne_pair"]
+__all__ = ["show_matrix", "tsne_embed", "plot_embedding", "plot_tsne_pair", "plot_collapse"]
 
 
 def _numpy(a) -> np.ndarray:
@@ -182,3 +182,48 @@ def plot_tsne_pair(features: dict, labels, seed: int = 0, class_names=None, ncol
     fig.legend(handles, names, loc="center right", markerscale=3, frameon=False)
     fig.tight_layout(rect=(0, 0, 0.94, 1))
     return fig
+
+
+def plot_collapse(histories: dict, proj_dim: int | None = None, n_classes: int = 10, axes=None):
+    """Collapse diagnostics per epoch of several pre-training runs, one line per run.
+
+    Four panels: ``proj_std`` (std of the normalized projections during training, against
+    ``1 / sqrt(proj_dim)`` and 0), ``uniformity`` and ``effective_rank`` of the encoder's
+    validation features, and validation kNN accuracy (against chance, ``1 / n_classes``).
+
+    Parameters
+    ----------
+    histories : dict
+        Run name -> :class:`clbook.training.History` with those entries in ``metrics`` (SimSiam
+        and BYOL through :func:`clbook.experiments.train_mnist_encoder` log them).
+    proj_dim : int, optional
+        Size of the projections, for the ``1 / sqrt(proj_dim)`` reference line.
+    n_classes : int, default 10
+    axes : four Axes, optional
+
+    Returns
+    -------
+    array of Axes
+    """
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        _, axes = plt.subplots(1, 4, figsize=(14, 3.1), dpi=80)
+    panels = [("proj_std", "std of normalized projections"), ("uniformity", "uniformity (validation)"),
+              ("effective_rank", "effective rank (validation)"), ("val_acc", "kNN accuracy (validation)")]
+    for i, (name, history) in enumerate(histories.items()):
+        for ax, (key, _) in zip(axes, panels):
+            values = history.val_acc if key == "val_acc" else history.metrics.get(key)
+            if values:
+                ax.plot(np.arange(1, len(values) + 1), values, marker="o", ms=3, color=f"C{i}", label=name)
+    for ax, (key, title) in zip(axes, panels):
+        ax.set(title=title, xlabel="epoch")
+    if proj_dim:
+        axes[0].axhline(proj_dim**-0.5, color="gray", ls="--", lw=1, label=f"1/sqrt({proj_dim})")
+    axes[0].axhline(0.0, color="black", lw=0.8)
+    axes[1].axhline(0.0, color="black", lw=0.8)
+    axes[2].axhline(1.0, color="black", lw=0.8)
+    axes[3].axhline(1 / n_classes, color="gray", ls=":", lw=1, label="chance")
+    axes[0].legend(fontsize="small")
+    axes[3].legend(fontsize="small")
+    return axes

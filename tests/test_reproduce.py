@@ -12,7 +12,7 @@ from clbook.__main__ import main
 from clbook.data import Split, load_shipped_mnist
 from clbook.experiments import Result, format_table
 
-KEYS = {"dataset", "encoder", "method", "linear_acc", "knn_acc", "seconds", "data"}
+KEYS = {"dataset", "encoder", "method", "linear_acc", "knn_acc", "alignment", "uniformity", "seconds", "data"}
 
 
 @pytest.fixture
@@ -34,14 +34,21 @@ def test_reproduce_quick_writes_json_rows(small_mnist, tmp_path, capsys):
         ("iris", "mlp", "supcon"), ("iris", "mlp", "random"),
         ("mnist", "cnn", "supcon"), ("mnist", "cnn", "simclr"), ("mnist", "cnn", "random"),
         ("mnist", "fc", "supcon"), ("mnist", "fc", "random"), ("mnist", "cnn", "moco"),
+        ("mnist", "cnn", "simsiam"), ("mnist", "cnn", "byol"),
     ]
     for r in rows:
         assert set(r) == KEYS
         assert 0.0 <= r["linear_acc"] <= 1.0 and 0.0 <= r["knn_acc"] <= 1.0
         assert r["seconds"] > 0 and math.isfinite(r["seconds"])
+        assert r["uniformity"] <= 0  # log of a mean of exp(-t d^2) <= 1
+        if r["dataset"] == "mnist":  # positive pairs need an augmentation: none for Iris
+            assert 0 <= r["alignment"] <= 4
+        else:
+            assert r["alignment"] is None
     assert {r["data"] for r in rows if r["dataset"] == "mnist"} == {"mnist-t10k-shipped"}
     printed = capsys.readouterr().out
-    assert "linear %" in printed and printed.count("mnist-t10k-shipped") == 6
+    assert "linear %" in printed and printed.count("mnist-t10k-shipped") == 8
+    assert "align" in printed and "unif" in printed
 
 
 def test_result_row_and_table():
@@ -49,19 +56,27 @@ def test_result_row_and_table():
     assert set(r.row()) == KEYS
     table = format_table([r])
     assert "90.0 +- 1.0" in table and "80.0 +- 2.0" in table
+    r.alignment, r.uniformity = 0.4567, -3.21
+    assert "0.46" in format_table([r]) and "-3.21" in format_table([r])
 
 
 def test_unknown_method_rejected():
     with pytest.raises(ValueError, match="unknown method"):
-        experiments.run_iris("byol")
+        experiments.run_iris("no-such-method")
+    for method in ("simclr", "simsiam", "byol"):  # MNIST methods: no Iris configuration
+        with pytest.raises(ValueError, match="'supcon' and 'random' only"):
+            experiments.run_iris(method)
     with pytest.raises(ValueError, match="no MNIST config"):
         experiments.train_mnist_encoder("mlp", "supcon", split=None)
 
 
 def test_combine_seeds_means_and_spreads_against_numpy():
-    runs = [Result("mnist", "cnn", "simclr", lin, knn, sec, "mnist-t10k-shipped", linear_all=[lin], knn_all=[knn])
-            for lin, knn, sec in [(0.96, 0.94, 40.0), (0.97, 0.93, 42.0), (0.95, 0.95, 44.0)]]
+    runs = [Result("mnist", "cnn", "simclr", lin, knn, sec, "mnist-t10k-shipped", linear_all=[lin], knn_all=[knn],
+                   alignment=al, uniformity=un)
+            for lin, knn, sec, al, un in [(0.96, 0.94, 40.0, 0.5, -3.0), (0.97, 0.93, 42.0, 0.6, -3.3),
+                                          (0.95, 0.95, 44.0, 0.4, -3.6)]]
     row = experiments.combine_seeds(runs)
+    assert row.alignment == pytest.approx(0.5) and row.uniformity == pytest.approx(-3.3)
     assert row.n_seeds == 3 and row.seconds == pytest.approx(126.0)
     assert row.linear_acc == pytest.approx(0.96) and row.knn_acc == pytest.approx(0.94)
     assert row.linear_std == pytest.approx(float(np.std([0.96, 0.97, 0.95])))

@@ -87,7 +87,7 @@ def test_pretrain_input_checks():
     with pytest.raises(ValueError, match="needs an augment"):
         pretrain(enc, head, X, y, method="simclr", progress=False)
     with pytest.raises(ValueError, match="unknown method"):
-        pretrain(enc, head, X, y, method="byol", progress=False)
+        pretrain(enc, head, X, y, method="no-such-method", progress=False)
 
 
 def test_supcon_pretraining_beats_random_twin_on_digits():
