@@ -18,10 +18,10 @@ float16, identical points, a point far from every Gaussian.
 Adding a checker for a new exercise is a few lines::
 
     check_my_loss = exercise(
-        "07.1", "InfoNCE with a memory bank", section="07 §3 (the memory bank)",
+        "10.1", "my new loss", section="10 §3 (the new loss)",
         reference=my_reference_function,           # same signature as the learner's function
         cases=lambda: [Case("a batch of 4, tau = 0.1", (z, bank, 0.1))],
-        mistakes=[Mistake(wrong_variant, "the positive belongs in the denominator: reread 07 §2")],
+        mistakes=[Mistake(wrong_variant, "the positive belongs in the denominator: reread 10 §2")],
     )
 
 Cases are built lazily (on the first check), so importing this module costs nothing. Each
