@@ -122,6 +122,9 @@ DATA = {
     "04": "Iris (ships with scikit-learn)",
     "05": "MNIST (shipped test split `data/mnist_t10k/`, or a download)",
     "06": "MNIST (as in 05)",
+    "07": "correlated Gaussians (generated), then MNIST (as in 05)",
+    "08": "a toy (generated), then MNIST (as in 05)",
+    "09": "a toy (generated), then MNIST (as in 05)",
 }
 
 

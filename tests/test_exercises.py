@@ -20,7 +20,23 @@ from clbook.reference import naive_nt_xent_loss
 from clbook.student import is_exercise_cell, strip_solutions
 
 ROOT = Path(__file__).resolve().parents[1]
-SOLVED = ["01_spring_margin_loss.ipynb", "02_nt_xent.ipynb", "06_clustering_em.ipynb"]
+# Notebooks with checked exercises. Their cells in 03-05 and 07-09 are inserted by a script while
+# other branches still edit those notebooks, so the notebook scans below accept notebooks that do
+# not have the cells yet; the registry must have the checkers in any case.
+CHECKED = ["01", "02", "03", "04", "05", "06", "07", "08", "09"]
+
+
+def keys(with_mistakes=False):
+    """Every registered key as a pytest param, skipped when its checker's clbook functions are missing."""
+    params = []
+    for k in sorted(EXERCISES):
+        missing = EXERCISES[k].missing
+        marks = [pytest.mark.skip(reason=f"this clbook lacks {', '.join(missing)}")] if missing else []
+        if with_mistakes:
+            params += [pytest.param(k, i, marks=marks, id=f"{k}-{i}") for i in range(len(EXERCISES[k].mistakes))]
+        else:
+            params.append(pytest.param(k, marks=marks, id=k))
+    return params
 
 
 def stub(*args, **kwargs):
@@ -30,29 +46,26 @@ def stub(*args, **kwargs):
 # ----------------------------------------------------------------------------- the registry
 
 
-def test_every_solved_notebook_has_at_least_two_checked_exercises():
-    for name in SOLVED:
-        key = name[:2]
-        assert sum(k.startswith(key + ".") for k in EXERCISES) >= 2, name
+def test_every_notebook_has_at_least_two_checked_exercises():
+    for number in CHECKED:
+        assert sum(k.startswith(number + ".") for k in EXERCISES) >= 2, number
 
 
-@pytest.mark.parametrize("key", sorted(EXERCISES))
+@pytest.mark.parametrize("key", keys())
 def test_reference_passes(key):
     verdict = EXERCISES[key].run(EXERCISES[key].reference)
     assert verdict.passed, verdict.message
     assert verdict.message.startswith(f"[pass] {key} ")
 
 
-@pytest.mark.parametrize("key", sorted(EXERCISES))
+@pytest.mark.parametrize("key", keys())
 def test_stub_is_not_attempted_yet(key):
     verdict = EXERCISES[key].run(stub)
     assert verdict.status == "not attempted"
     assert "not attempted yet" in verdict.message and "NotImplementedError" in verdict.message
 
 
-@pytest.mark.parametrize(
-    "key, index", [(k, i) for k in sorted(EXERCISES) for i in range(len(EXERCISES[k].mistakes))]
-)
+@pytest.mark.parametrize("key, index", keys(with_mistakes=True))
 def test_each_registered_mistake_fails_with_its_hint(key, index):
     mistake = EXERCISES[key].mistakes[index]
     verdict = EXERCISES[key].run(mistake.function)
@@ -62,13 +75,23 @@ def test_each_registered_mistake_fails_with_its_hint(key, index):
     assert "expected" in verdict.message or "returned" in verdict.message
 
 
-@pytest.mark.parametrize("key", sorted(EXERCISES))
+@pytest.mark.parametrize("key", keys())
 def test_verdicts_are_short_and_show_no_code(key):
     for answer in [EXERCISES[key].reference, stub, *(m.function for m in EXERCISES[key].mistakes)]:
         message = EXERCISES[key].run(answer).message
         assert len(message.splitlines()) <= 3
         for leak in ("Traceback", "def ", "return ", "lambda", "logsumexp(", ".pow("):
             assert leak not in message, (leak, message)
+
+
+def test_a_checker_whose_clbook_functions_are_missing_says_so():
+    checker = exercises.Exercise("99.2", "needs more", "99 §2", reference=lambda x: x,
+                                 cases=lambda: [Case("x = 1", (1.0,))], requires=("clbook.losses.no_such_loss",))
+    assert not checker.available and checker.missing == ["clbook.losses.no_such_loss"]
+    verdict = checker.run(lambda x: x)
+    assert verdict.status == "unavailable" and "clbook.losses.no_such_loss" in verdict.message
+    assert "Traceback" not in verdict.message and len(verdict.message.splitlines()) == 1
+    assert exercises.Exercise("99.3", "t", "99", reference=abs, cases=list, requires=("clbook.losses.nt_xent_loss",)).available
 
 
 def test_duplicate_keys_are_refused():
@@ -209,19 +232,115 @@ def test_a_new_checker_is_a_few_lines():
     assert "99.1" not in EXERCISES and checker.cases[0].label == "x = 3"
 
 
+# ----------------------------------------------------------------------------- wrong answers for 03-09
+
+
+def literal_supcon_out(z, labels, tau):
+    """SupCon computed literally: the anchor without positives gives 0 / 0 = nan."""
+    eye = torch.eye(len(labels), dtype=torch.bool)
+    e = torch.exp(z @ z.T / tau).masked_fill(eye, 0.0)
+    frac = e / e.sum(dim=1, keepdim=True)
+    pos = (labels[:, None] == labels[None, :]) & ~eye
+    return (-(torch.log(frac) * pos).nan_to_num(0.0).sum(1) / pos.sum(1)).mean()
+
+
+def test_supcon_out_that_keeps_the_anchor_without_positives_is_told_to_leave_it_out():
+    verdict = exercises.check_supcon_out.run(literal_supcon_out)
+    assert verdict.status == "fail" and "no positive" in verdict.case
+    assert "left out" in verdict.hint
+
+
+def test_info_nce_without_detach_fails_on_the_queue_gradient():
+    def attached(query, key, queue, tau):
+        q, k, n = (F.normalize(x, dim=1) for x in (query, key, queue))
+        logits = torch.cat([(q * k).sum(1, keepdim=True), q @ n.T], dim=1) / tau
+        return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long))
+
+    verdict = exercises.check_info_nce_queue.run(attached)
+    assert verdict.status == "fail" and "queue" in verdict.case and "detach" in verdict.hint
+
+
+def test_enqueue_in_place_is_refused():
+    def in_place(queue, ptr, keys):
+        rows = (ptr + torch.arange(len(keys))) % len(queue)
+        queue[rows] = F.normalize(keys, dim=1)
+        return queue, (ptr + len(keys)) % len(queue)
+
+    verdict = exercises.check_enqueue.run(in_place)
+    assert verdict.status == "fail" and "in place" in verdict.message
+
+
+def test_standardize_leaking_the_test_set_is_named():
+    def pooled(train, test):
+        both = torch.cat([train, test])
+        mean, std = both.mean(0), both.std(0)
+        return (train - mean) / std, (test - mean) / std
+
+    assert "leaks" in hint_of(exercises.check_standardize, pooled)
+
+
+needs_metrics = pytest.mark.skipif(not exercises.check_alignment_uniformity.available, reason="no clbook.metrics")
+
+
+@needs_metrics
+def test_uniformity_outside_log_space_fails_on_far_points():
+    def naive(z1, z2, t=2.0):
+        u1, u2 = F.normalize(z1.double(), dim=1), F.normalize(z2.double(), dim=1)
+        return (u1 - u2).pow(2).sum(1).mean().item(), torch.exp(-t * torch.pdist(u1).pow(2)).mean().log().item()
+
+    verdict = exercises.check_alignment_uniformity.run(naive)
+    assert verdict.status == "fail" and "t = 300" in verdict.case and "log space" in verdict.hint
+
+
+@pytest.mark.skipif(not exercises.check_simsiam_loss.available, reason="no negative_cosine_loss")
+def test_simsiam_without_stop_gradient_fails_on_the_target_gradient():
+    def no_stop(p1, p2, z1, z2):
+        return -0.5 * (F.cosine_similarity(p1, z2).mean() + F.cosine_similarity(p2, z1).mean())
+
+    verdict = exercises.check_simsiam_loss.run(no_stop)
+    assert verdict.status == "fail" and "must be zero" in verdict.case and "stop-gradient" in verdict.hint
+
+
+@pytest.mark.skipif(not exercises.check_sinkhorn.available, reason="no sinkhorn_knopp")
+def test_sinkhorn_with_exp_fails_at_small_epsilon():
+    def with_exp(scores, epsilon, n_iter):
+        B, K = scores.shape
+        q = torch.exp(scores / epsilon)
+        for _ in range(n_iter):
+            q = q / q.sum(0, keepdim=True) * (B / K)
+            q = q / q.sum(1, keepdim=True)
+        return q
+
+    verdict = exercises.check_sinkhorn.run(with_exp)
+    assert verdict.status == "fail" and "epsilon = 0.01" in verdict.case and "log" in verdict.hint
+
+
+@pytest.mark.skipif(not exercises.check_swav_loss.available, reason="no swav_loss")
+def test_swav_with_codes_attached_fails_on_the_code_gradient():
+    def attached(s1, s2, q1, q2, tau):
+        return -0.5 * ((q2 * F.log_softmax(s1 / tau, 1)).sum(1).mean() + (q1 * F.log_softmax(s2 / tau, 1)).sum(1).mean())
+
+    verdict = exercises.check_swav_loss.run(attached)
+    assert verdict.status == "fail" and "codes" in verdict.case and "detach" in verdict.hint
+
+
 # ----------------------------------------------------------------------------- the notebooks' own solutions
 
 
 def exercise_cells():
-    """Every exercise cell of every notebook (notebooks added later are picked up too).
+    """Every exercise cell of every notebook (notebooks added later, or given cells later, are picked up too).
 
-    An exercise cell must run on its own given torch, F (torch.nn.functional), np and math.
+    An exercise cell must run on its own given torch, F (torch.nn.functional), np and math. A cell
+    whose checker needs clbook functions this clbook lacks is skipped.
     """
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
         nb = nbformat.read(path, as_version=4)
         for cell in nb.cells:
             if is_exercise_cell(cell):
-                yield pytest.param(cell.source, id=f"{path.name[:2]}-{cell.source.splitlines()[0][2:]}")
+                key = cell.source.splitlines()[0][len("# Exercise "):].strip()
+                missing = EXERCISES[key].missing if key in EXERCISES else []
+                marks = [pytest.mark.skip(reason=f"this clbook lacks {', '.join(missing)}")] if missing else []
+                yield pytest.param(cell, marks=marks, id=f"{path.name[:2]}-{key}")
 
 
 def run_cell(source: str) -> str:
@@ -231,18 +350,33 @@ def run_cell(source: str) -> str:
     return out.getvalue()
 
 
-@pytest.mark.parametrize("source", list(exercise_cells()))
-def test_notebook_solution_passes_and_its_stub_is_not_attempted(source):
-    assert run_cell(source).startswith("[pass]")
-    stubbed = strip_solutions(source, "Exercise under test")
+@pytest.mark.parametrize("cell", list(exercise_cells()))
+def test_notebook_solution_passes_and_its_stub_is_not_attempted(cell):
+    assert cell.source.splitlines()[0].startswith("# Exercise ")
+    assert run_cell(cell.source).startswith("[pass]")
+    stubbed = strip_solutions(cell.source, "Exercise under test")
     assert "not attempted yet" in run_cell(stubbed)
 
 
-def test_exercise_cells_are_compared_by_nbval_and_saved_passing():
+@pytest.mark.parametrize("cell", list(exercise_cells()))
+def test_exercise_cells_are_compared_by_nbval_and_saved_passing(cell):
     # The tag makes nbval compare the printed verdict, so a check that stops passing fails CI.
+    assert "nbval-check-output" in cell.metadata.get("tags", [])
+    if not cell.outputs and cell.execution_count is None:
+        # Inserted but not executed yet: nbval fails on it (no saved verdict to compare) until the
+        # notebook is executed, so this is a reminder, not a pass.
+        pytest.skip("exercise cell not executed yet: execute its notebook")
+    text = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+    assert text.startswith("[pass]"), f"saved verdict {text[:60]!r}"
+
+
+def test_each_notebook_with_checked_exercises_has_a_cell_for_every_checker():
+    # Notebooks that have no exercise cells yet (the insertion script has not run) are not checked.
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
-        for cell in nbformat.read(path, as_version=4).cells:
-            if is_exercise_cell(cell):
-                assert "nbval-check-output" in cell.metadata.get("tags", []), path.name
-                text = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
-                assert text.startswith("[pass]"), f"{path.name}: saved verdict {text[:60]!r}"
+        cells = [c for c in nbformat.read(path, as_version=4).cells if is_exercise_cell(c)]
+        if not cells:
+            continue
+        present = {c.source.splitlines()[0][len("# Exercise "):].strip() for c in cells}
+        wanted = {k for k in EXERCISES if k.startswith(path.name[:2] + ".")}
+        assert wanted <= present, f"{path.name}: no cell for {sorted(wanted - present)}"
+        assert present <= set(EXERCISES), f"{path.name}: cells without a checker {sorted(present - set(EXERCISES))}"

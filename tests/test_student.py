@@ -72,6 +72,12 @@ def test_solved_notebooks_have_exercises(edition):
         nb = nbformat.read(edition / name, as_version=4)
         stubs = [c for c in nb.cells if "raise NotImplementedError(\"Exercise" in c.source]
         assert len(stubs) >= 3, name
+    # 03-05 and 07-09 get their cells from a script run after their branches land: once a
+    # notebook has any, it has at least two.
+    for path in sorted(edition.glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        stubs = [c for c in nb.cells if "raise NotImplementedError(\"Exercise" in c.source]
+        assert not stubs or len(stubs) >= 2, path.name
 
 
 def test_a_checker_on_a_stub_reports_not_attempted_yet(edition):
