@@ -8,12 +8,24 @@ Conventions shared by every function here
   defined loss.
 * Softmax losses are computed in log space (log-sum-exp over the row, diagonal excluded), so
   they stay finite at temperature 0.01 and for large unnormalized inputs.
+* Half precision (float16, bfloat16, e.g. under GPU autocast) is computed in float32 and the
+  loss is returned in the input's dtype: every loss starts with
+  ``(x1, x2), dtype = _to_float32(x1, x2)`` and ends with ``return _result(loss, dtype, name)``.
+  ``_to_float32`` upcasts only half-precision tensors (float32 and float64 pass untouched, at no
+  cost); ``_result`` raises ``ValueError`` instead of returning inf or NaN when a value overflowed
+  (inputs near float32's range, a tiny temperature) or does not fit the returned dtype. New losses
+  follow the same two lines.
+* Numbers (``temperature``, ``margin``) may be Python or NumPy numbers or 0-d tensors; a 0-d tensor
+  that requires grad (a learnable temperature) keeps its gradient. No function changes a tensor it
+  was given.
 * Bad input raises ``ValueError`` naming the problem; nothing here returns a silent NaN.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
+from functools import reduce
 
 import torch
 import torch.nn.functional as F
@@ -34,9 +46,22 @@ __all__ = [
 # ----------------------------------------------------------------------------- input checks
 
 
-def _check_positive(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+def _check_positive(name: str, value: float | Tensor) -> float | Tensor:
+    """``value`` as a usable number: a float, or a 0-d tensor that requires grad (kept as is).
+
+    Accepts any real number (Python, NumPy) or a 0-d real tensor; rejects bools and strings.
+    """
+    if isinstance(value, Tensor) and value.dim() == 0 and not value.is_complex() and value.dtype != torch.bool:
+        number = float(value.detach())
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):  # NumPy numbers are Real
+        number = float(value)
+    else:
+        number = None
+    if number is None or not (math.isfinite(number) and number > 0):
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    if isinstance(value, Tensor) and value.requires_grad:
+        return value
+    return number
 
 
 def _check_embeddings(name: str, x: Tensor, rank: int | tuple[int, ...] = 2) -> None:
@@ -50,6 +75,8 @@ def _check_embeddings(name: str, x: Tensor, rank: int | tuple[int, ...] = 2) -> 
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     if x.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch (shape {list(x.shape)})")
+    if 0 in x.shape[1:]:
+        raise ValueError(f"{name} has an empty dimension (shape {list(x.shape)})")
     if x.numel() and not _all_finite(x):
         raise ValueError(f"{name} contains NaN or infinite values")
 
@@ -59,6 +86,39 @@ def _all_finite(x: Tensor) -> bool:
     # (the check runs on every call). aminmax propagates NaN, and an infinity is an extreme.
     low, high = torch.aminmax(x.detach())
     return math.isfinite(low.item()) and math.isfinite(high.item())
+
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _to_float32(*tensors: Tensor) -> tuple[list[Tensor], torch.dtype]:
+    """Half-precision tensors upcast to float32 (others unchanged), and the dtype to return.
+
+    Every loss computes in float32 when given float16 or bfloat16: their sums of squares, exps and
+    sums over thousands of rows overflow float16 (max 65,504), and the clamps that keep a zero row
+    finite underflow. The returned dtype is the inputs' promoted dtype, what the loss would have
+    had without the upcast. float32 and float64 inputs are returned as they are (no copy).
+    """
+    dtype = reduce(torch.promote_types, (t.dtype for t in tensors))
+    return [t.float() if t.dtype in _HALF else t for t in tensors], dtype
+
+
+def _result(loss: Tensor, dtype: torch.dtype, name: str) -> Tensor:
+    """``loss`` in ``dtype``, after checking that it is finite and fits that dtype.
+
+    The inputs were checked finite, so a non-finite loss means an intermediate value overflowed
+    (inputs near the dtype's range, a tiny temperature): an error, never a silent inf or NaN.
+    """
+    value = loss.item()
+    if not math.isfinite(value):
+        raise ValueError(f"{name} overflowed {loss.dtype} (got {value}): the inputs are too large "
+                         "(or the temperature too small) for this dtype; rescale them")
+    if loss.dtype != dtype:
+        if abs(value) > torch.finfo(dtype).max:
+            raise ValueError(f"{name} is {value:.6g}, beyond the largest {dtype} "
+                             f"({torch.finfo(dtype).max:.6g}); compute it from float32 inputs")
+        loss = loss.to(dtype)
+    return loss
 
 
 def _check_same_shape(names: tuple[str, ...], tensors: tuple[Tensor, ...]) -> None:
@@ -76,7 +136,27 @@ def _safe_norm(diff: Tensor) -> Tensor:
     value exact.
     """
     sq = diff.pow(2).sum(dim=-1)
+    if not bool(torch.isfinite(sq).all()):
+        # Squares beyond the dtype's range (|diff| > ~1.8e19 in float32), where the norm itself is
+        # representable: divide each row by its largest entry first. Rare, so checked, not default.
+        scale = diff.detach().abs().amax(dim=-1).clamp_min(torch.finfo(diff.dtype).tiny)
+        return scale * _safe_norm(diff / scale[..., None])
     return torch.where(sq > 0, sq.clamp_min(torch.finfo(sq.dtype).tiny).sqrt(), torch.zeros_like(sq))
+
+
+def _row_norms(z: Tensor) -> Tensor:
+    """Euclidean norms ``[M, 1]`` of the rows of ``z`` [M, D], also for entries beyond ~1e19.
+
+    The plain sum of squares overflows there in float32, and every such row would become a zero
+    row after normalization. Then, and only then, each row is divided by its largest entry first,
+    which keeps every square in range. (Underflow needs no care: norms below the ``1e-12`` clamp
+    of :func:`_scaled_rows` are clamped anyway.)
+    """
+    norm = torch.linalg.vector_norm(z, dim=1, keepdim=True)
+    if bool(torch.isfinite(norm).all()):
+        return norm
+    scale = z.detach().abs().amax(dim=1, keepdim=True).clamp_min(1.0)
+    return torch.linalg.vector_norm(z / scale, dim=1, keepdim=True) * scale
 
 
 # ----------------------------------------------------------------------------- margin losses
@@ -108,18 +188,19 @@ def margin_contrastive_loss(x1: Tensor, x2: Tensor, y: Tensor, margin: float = 1
     _check_embeddings("x1", x1)
     _check_embeddings("x2", x2)
     _check_same_shape(("x1", "x2"), (x1, x2))
-    _check_positive("margin", margin)
+    margin = _check_positive("margin", margin)
     if not isinstance(y, Tensor) or y.shape != (x1.shape[0],):
         shape = list(y.shape) if isinstance(y, Tensor) else type(y).__name__
         raise ValueError(f"y must be a tensor of shape [{x1.shape[0]}] (one label per pair), got {shape}")
     if not ((y == 0) | (y == 1)).all():
         raise ValueError("y must hold only 0 (similar) and 1 (dissimilar)")
-    y = y.to(x1.dtype)
+    (x1, x2), dtype = _to_float32(x1, x2)
     diff = x1 - x2
     # The attractive term uses the squared distance directly: no sqrt, so no kink at d = 0.
     attract = 0.5 * diff.pow(2).sum(dim=1)
     repel = 0.5 * F.relu(margin - _safe_norm(diff)).pow(2)
-    return ((1 - y) * attract + y * repel).mean()
+    # Select, not (1 - y) * attract + y * repel: 0 * inf would be NaN for a far dissimilar pair.
+    return _result(torch.where(y.bool(), repel, attract).mean(), dtype, "margin_contrastive_loss")
 
 
 def triplet_margin_loss(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float = 1.0) -> Tensor:
@@ -140,10 +221,11 @@ def triplet_margin_loss(anchor: Tensor, positive: Tensor, negative: Tensor, marg
     for name, t in (("anchor", anchor), ("positive", positive), ("negative", negative)):
         _check_embeddings(name, t)
     _check_same_shape(("anchor", "positive", "negative"), (anchor, positive, negative))
-    _check_positive("margin", margin)
+    margin = _check_positive("margin", margin)
+    (anchor, positive, negative), dtype = _to_float32(anchor, positive, negative)
     d_ap = _safe_norm(anchor - positive)
     d_an = _safe_norm(anchor - negative)
-    return F.relu(margin + d_ap - d_an).mean()
+    return _result(F.relu(margin + d_ap - d_an).mean(), dtype, "triplet_margin_loss")
 
 
 # ----------------------------------------------------------------------------- softmax losses
@@ -159,7 +241,7 @@ def _scaled_rows(z: Tensor, temperature: float, normalize: bool) -> Tensor:
         # One [M, 1] column of factors folds normalization and temperature together (a product:
         # its backward is cheaper than a division's). The clamp is F.normalize's, so an all-zero
         # row stays zero instead of becoming NaN.
-        norm = torch.linalg.vector_norm(z, dim=1, keepdim=True).clamp_min(1e-12)
+        norm = _row_norms(z).clamp_min(1e-12)
         return z * (norm * temperature**0.5).reciprocal()
     return z * temperature**-0.5
 
@@ -212,12 +294,13 @@ def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
     _check_embeddings("z1", z1)
     _check_embeddings("z2", z2)
     _check_same_shape(("z1", "z2"), (z1, z2))
-    _check_positive("temperature", temperature)
+    temperature = _check_positive("temperature", temperature)
+    (z1, z2), dtype = _to_float32(z1, z2)
     n = z1.shape[0]
     logits = _masked_logits(_scaled_rows(torch.cat([z1, z2]), temperature, normalize=True))
     # Row i < N has its positive at column i + N; row i >= N at column i - N.
     targets = torch.arange(2 * n, device=z1.device).roll(n)
-    return F.cross_entropy(logits, targets)
+    return _result(F.cross_entropy(logits, targets), dtype, "nt_xent_loss")
 
 
 def _class_index(labels: Tensor) -> tuple[Tensor, int]:
@@ -290,7 +373,7 @@ def supcon_loss(
     ``create_graph=True`` raises. L_in is differentiated by autograd.
     """
     _check_embeddings("features", features, rank=(2, 3))
-    _check_positive("temperature", temperature)
+    temperature = _check_positive("temperature", temperature)
     if variant not in ("out", "in"):
         raise ValueError(f'variant must be "out" or "in", got {variant!r}')
     if labels is not None and mask is not None:
@@ -309,6 +392,7 @@ def supcon_loss(
         if not ((mask == 0) | (mask == 1)).all():
             raise ValueError("mask must hold only 0/1 (or False/True)")
 
+    (features,), dtype = _to_float32(features)
     v = features.shape[1] if features.dim() == 3 else 1
     rows = v * n
     # Sample-major rows (row s * V + a is view a of sample s): a free reshape, no copy. The loss
@@ -321,7 +405,7 @@ def supcon_loss(
     if mask is None:
         group, k = (torch.arange(n, device=z.device), n) if labels is None else _class_index(labels)
     if variant == "in":
-        return _supcon_in(z, v, group if mask is None else None, mask, features)
+        return _result(_supcon_in(z, v, group if mask is None else None, mask, features), dtype, "supcon_loss")
 
     # Everything about positives is bookkeeping on detached rows: _SupConOut's backward supplies
     # the gradient of the positive term itself.
@@ -351,8 +435,8 @@ def supcon_loss(
         if keep is not None:
             keep = None if valid == rows else keep.to(z.dtype)
     if valid == 0:
-        return _connected_zero(features)
-    return _SupConOut.apply(z, pos_mean, pos_mean_t, keep, valid)
+        return _result(_connected_zero(features), dtype, "supcon_loss")
+    return _result(_SupConOut.apply(z, pos_mean, pos_mean_t, keep, valid), dtype, "supcon_loss")
 
 
 # Below this many rows, P + P^T is built once and multiplied once (P fits in cache, so the strided
@@ -421,7 +505,11 @@ def _supcon_in(z: Tensor, v: int, group: Tensor | None, mask: Tensor | None, fea
         positive = group_rows[:, None] == group_rows[None, :]
     else:
         # Row s * V + a holds sample s: broadcast each mask entry over a V x V block in one copy.
+        # With V = 1 that reshape is a view, and of the caller's own mask if it is boolean: copy it,
+        # since the diagonal is cleared and the mask inverted in place below.
         positive = mask.bool()[:, None, :, None].expand(-1, v, -1, v).reshape(len(z), len(z))
+        if positive.data_ptr() == mask.data_ptr():
+            positive = positive.clone()
     positive.fill_diagonal_(False)
     has_pos = positive.any(dim=1)
     if not bool(has_pos.any()):
@@ -444,8 +532,7 @@ class MarginContrastiveLoss(nn.Module):
 
     def __init__(self, margin: float = 1.0) -> None:
         super().__init__()
-        _check_positive("margin", margin)
-        self.margin = margin
+        self.margin = _check_positive("margin", margin)
 
     def forward(self, x1: Tensor, x2: Tensor, y: Tensor) -> Tensor:
         return margin_contrastive_loss(x1, x2, y, self.margin)
@@ -456,8 +543,7 @@ class TripletMarginLoss(nn.Module):
 
     def __init__(self, margin: float = 1.0) -> None:
         super().__init__()
-        _check_positive("margin", margin)
-        self.margin = margin
+        self.margin = _check_positive("margin", margin)
 
     def forward(self, anchor: Tensor, positive: Tensor, negative: Tensor) -> Tensor:
         return triplet_margin_loss(anchor, positive, negative, self.margin)
@@ -468,8 +554,7 @@ class NTXentLoss(nn.Module):
 
     def __init__(self, temperature: float = 0.5) -> None:
         super().__init__()
-        _check_positive("temperature", temperature)
-        self.temperature = temperature
+        self.temperature = _check_positive("temperature", temperature)
 
     def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
         return nt_xent_loss(z1, z2, self.temperature)
@@ -480,7 +565,7 @@ class SupConLoss(nn.Module):
 
     def __init__(self, temperature: float = 0.1, normalize: bool = True, variant: str = "out") -> None:
         super().__init__()
-        _check_positive("temperature", temperature)
+        temperature = _check_positive("temperature", temperature)
         if variant not in ("out", "in"):
             raise ValueError(f'variant must be "out" or "in", got {variant!r}')
         self.temperature, self.normalize, self.variant = temperature, normalize, variant
