@@ -1,13 +1,16 @@
 """clbook: companion package of an executable course on contrastive learning.
 
-Modules, one per concept: ``losses``, ``encoders``, ``data``, ``training``, ``viz``, ``cluster``.
+Modules, one per concept: ``losses``, ``memory``, ``encoders``, ``data``, ``training``, ``methods``,
+``experiments``, ``viz``, ``cluster``.
 """
 
 from clbook.losses import (
+    InfoNCELoss,
     MarginContrastiveLoss,
     NTXentLoss,
     SupConLoss,
     TripletMarginLoss,
+    info_nce_loss,
     margin_contrastive_loss,
     nt_xent_loss,
     supcon_loss,

@@ -1,4 +1,4 @@
-"""Contrastive losses: DrLIM margin loss, triplet loss, NT-Xent (SimCLR) and SupCon.
+"""Contrastive losses: DrLIM margin loss, triplet loss, NT-Xent (SimCLR), SupCon and InfoNCE (MoCo).
 
 Conventions shared by every function here
 -----------------------------------------
@@ -36,10 +36,12 @@ __all__ = [
     "triplet_margin_loss",
     "nt_xent_loss",
     "supcon_loss",
+    "info_nce_loss",
     "MarginContrastiveLoss",
     "TripletMarginLoss",
     "NTXentLoss",
     "SupConLoss",
+    "InfoNCELoss",
 ]
 
 
@@ -524,6 +526,102 @@ def _supcon_in(z: Tensor, v: int, group: Tensor | None, mask: Tensor | None, fea
     return per_anchor[has_pos].mean()
 
 
+# ----------------------------------------------------------------------------- InfoNCE with negatives
+
+
+def _info_nce_dtype(tensors: dict[str, Tensor]) -> torch.dtype:
+    """The dtype InfoNCE computes in: float64 if any input is float64, else float32.
+
+    Half-precision inputs (float16, bfloat16) are upcast: a logit of 1 / 0.01 = 100 is still a
+    float16 number, but its exponential and the sums of the softmax are not.
+    """
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors.values()) else torch.float32
+
+
+def info_nce_loss(
+    query: Tensor,
+    key: Tensor,
+    negatives: Tensor | None = None,
+    temperature: float = 0.07,
+    normalize: bool = True,
+) -> Tensor:
+    r"""InfoNCE (van den Oord et al., 2018) in the form MoCo uses (He et al., 2020).
+
+    Query i has one positive, key i, and K negatives shared by all queries:
+
+    .. math:: \ell_i = -\log \frac{\exp(q_i \cdot k_i/\tau)}
+              {\exp(q_i \cdot k_i/\tau) + \sum_{j=1}^{K} \exp(q_i \cdot n_j/\tau)}
+
+    i.e. cross-entropy over logits ``[N, 1 + K]`` whose column 0 is the positive (target 0),
+    computed in log space. With :math:`L = \operatorname{mean}_i \ell_i`, the mutual information
+    between the two views satisfies :math:`I \ge \log(K + 1) - L` (notebook 07).
+
+    Parameters
+    ----------
+    query : Tensor, shape [N, D]
+        Anchors; the gradient flows back through them.
+    key : Tensor, shape [N, D]
+        Row i is the positive of query i. Gradient reaches ``key`` only if it requires one (MoCo
+        computes keys under ``no_grad``).
+    negatives : Tensor, shape [K, D], optional
+        Negatives shared by every query, e.g. a queue (:class:`clbook.memory.FeatureQueue`) or
+        rows of a memory bank. They are treated as constants: no gradient ever reaches them.
+        When None, the in-batch form: the other N - 1 keys are query i's negatives (K = N - 1;
+        the logits are the [N, N] matrix ``q k^T`` with the positive on the diagonal, which is the
+        same cross-entropy with the columns in another order). Needs N >= 2.
+    temperature : float, default 0.07
+        Softmax temperature, positive (MoCo v1's value).
+    normalize : bool, default True
+        L2-normalize query, key and negatives first (cosine similarity). ``False`` uses raw
+        inner products.
+
+    Returns
+    -------
+    Tensor, shape []
+        Mean over the N queries, in the dtype of ``query``. Float16 and bfloat16 inputs are
+        computed in float32 (float64 inputs in float64) and the result is cast back.
+        For random features it sits near ``ln(K + 1)``.
+
+    Notes
+    -----
+    This is the loss of lightly's ``NTXentLoss(memory_bank_size=(K, D))`` on ``(out0, out1)``,
+    with ``negatives`` the K rows that lightly's bank held *before* that call (lightly enqueues
+    ``out1`` afterwards). Without negatives it differs from :func:`nt_xent_loss`: NT-Xent makes
+    every one of the 2N views an anchor and also uses the other queries as negatives.
+    """
+    _check_embeddings("query", query)
+    _check_embeddings("key", key)
+    _check_same_shape(("query", "key"), (query, key))
+    _check_positive("temperature", temperature)
+    inputs = {"query": query, "key": key}
+    if negatives is not None:
+        _check_embeddings("negatives", negatives)
+        if negatives.shape[1] != key.shape[1]:
+            raise ValueError(f"negatives must have the same D as key: key {list(key.shape)}, "
+                             f"negatives {list(negatives.shape)}")
+        inputs["negatives"] = negatives
+    elif query.shape[0] < 2:
+        raise ValueError("the in-batch form (negatives=None) needs N >= 2 queries: with one, there is no negative")
+    dtype = _info_nce_dtype(inputs)
+
+    def prepared(x: Tensor) -> Tensor:
+        x = x.to(dtype)
+        return F.normalize(x, dim=1) if normalize else x
+
+    # The temperature is folded into the queries: one [N, D] pass instead of one over [N, 1 + K].
+    q = prepared(query) / temperature  # [N, D]
+    k = prepared(key)  # [N, D]
+    if negatives is None:
+        logits = q @ k.T  # [N, N], positive of row i in column i
+        target = torch.arange(q.shape[0], device=q.device)
+    else:
+        neg = prepared(negatives.detach())  # [K, D], a constant
+        positive = (q * k).sum(dim=1, keepdim=True)  # [N, 1]
+        logits = torch.cat([positive, q @ neg.T], dim=1)  # [N, 1 + K]
+        target = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    return F.cross_entropy(logits, target).to(query.dtype)
+
+
 # ----------------------------------------------------------------------------- nn.Module wrappers
 
 
@@ -572,3 +670,16 @@ class SupConLoss(nn.Module):
 
     def forward(self, features: Tensor, labels: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
         return supcon_loss(features, labels, mask, self.temperature, self.normalize, self.variant)
+
+
+
+class InfoNCELoss(nn.Module):
+    """Module form of :func:`info_nce_loss`: ``loss(query, key, negatives=None)``."""
+
+    def __init__(self, temperature: float = 0.07, normalize: bool = True) -> None:
+        super().__init__()
+        _check_positive("temperature", temperature)
+        self.temperature, self.normalize = temperature, normalize
+
+    def forward(self, query: Tensor, key: Tensor, negatives: Tensor | None = None) -> Tensor:
+        return info_nce_loss(query, key, negatives, self.temperature, self.normalize)
