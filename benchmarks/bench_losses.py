@@ -67,15 +67,21 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # so that "python benchmarks/bench_losses.py" finds clbook
 
+import clbook.losses as L  # noqa: E402
 from clbook.losses import nt_xent_loss, supcon_loss  # noqa: E402
 from clbook.reference import naive_nt_xent_loss, supcontrast_loss  # noqa: E402
 
 D = 128
 TARGET_SIZES = (256, 1024, 4096)  # the sizes the issue states its targets for
+TILED_SIZES = (1024, 4096, 16384)  # tiled against untiled; the targets are stated at 4096 and 16384
+TILED_TIME_N, TILED_MEMORY_N = 4096, 16384
+TILED_MEMORY_TARGET_MB = 300
+FIT_IN_GB = 8  # the largest N that fits in this much memory is reported
 GB = 1024**3
 MB = 1024**2
 SAMPLE_S = 0.03  # a timed sample of a fast implementation averages calls for at least this long
 MAX_CALLS = 50
+SLOW_CALL_S, SLOW_REPEATS = 3.0, 3
 
 
 # ----------------------------------------------------------------------------- machine
@@ -201,6 +207,42 @@ def supcon_impls(with_labels: bool) -> list[Impl]:
     return impls
 
 
+class untiled_path:
+    """Context: clbook's losses never tile, whatever the size (what they did before block_size)."""
+
+    def __enter__(self):
+        self.saved = L._UNTILED_MAX_LOGITS
+        L._UNTILED_MAX_LOGITS = float("inf")
+
+    def __exit__(self, *exc):
+        L._UNTILED_MAX_LOGITS = self.saved
+
+
+def tiled_block(m: int) -> int:
+    """The block size clbook picks for m rows past its threshold (forced below it too)."""
+    return min(m, L._auto_block(m, m, None) or max(32, L._TILE_LOGITS // m))
+
+
+def tiled_impls(kind: str) -> list[Impl]:
+    def run(x, block):
+        if kind == "nt_xent":
+            return nt_xent_loss(x["z1"], x["z2"], 0.5, block_size=block)
+        return supcon_loss(x["features"], x.get("labels"), temperature=0.1, block_size=block)
+
+    def untiled(x):
+        with untiled_path():
+            return run(x, None)
+
+    def rows(x):
+        return 2 * len(x["z1"]) if kind == "nt_xent" else 2 * len(x["features"])
+
+    # Tiled: the [M, D] rows and their gradients (a few copies) plus two [B, M] blocks of ~16 MB.
+    return [
+        Impl("clbook tiled", lambda x: run(x, tiled_block(rows(x))), lambda m: 64 * MB + 3000 * m),
+        Impl("clbook untiled", untiled, _sq(4)),
+    ]
+
+
 def groups() -> list[dict]:
     """The benchmark groups; ``rows(n)`` is the side of the similarity matrix at size n."""
     return [
@@ -212,19 +254,26 @@ def groups() -> list[dict]:
          "rows": lambda n: n, "impls": lambda: supcon_impls(True)},
         {"key": "supcon_unlabelled", "title": "SupCon, no labels (N rows = N/2 samples x 2 views)", "classes": 0,
          "rows": lambda n: n, "impls": lambda: supcon_impls(False)},
+        # Tiled against untiled at larger sizes: N pairs, 2N rows, for both losses (the issue's
+        # "N = 16,384 pairs (32,768 rows)"), so SupCon gets N samples with 2 views here.
+        {"key": "nt_xent_tiled", "title": "NT-Xent, tiled against untiled (2N rows)", "classes": None,
+         "rows": lambda n: 2 * n, "impls": lambda: tiled_impls("nt_xent"), "tiled": True},
+        {"key": "supcon_10_tiled", "title": "SupCon, 10 classes, tiled against untiled (N samples x 2 views)",
+         "classes": 10, "rows": lambda n: 2 * n, "impls": lambda: tiled_impls("supcon"), "tiled": True},
     ]
 
 
 def make_inputs(group: dict, n: int, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
-    if group["key"] == "nt_xent":
+    if group["key"].startswith("nt_xent"):
         return {
             "z1": torch.randn(n, D, generator=g).requires_grad_(),
             "z2": torch.randn(n, D, generator=g).requires_grad_(),
         }
-    x = {"features": torch.randn(n // 2, 2, D, generator=g).requires_grad_()}
+    samples = group["rows"](n) // 2
+    x = {"features": torch.randn(samples, 2, D, generator=g).requires_grad_()}
     if group["classes"]:
-        x["labels"] = torch.randint(group["classes"], (n // 2,), generator=g)
+        x["labels"] = torch.randint(group["classes"], (samples,), generator=g)
     return x
 
 
@@ -302,10 +351,12 @@ def peak_memory(group_index: int, impl_index: int, n: int, max_bytes: float) -> 
 # ----------------------------------------------------------------------------- run
 
 
-def run(sizes: list[int], repeats: int, warmup: int, max_gb: float, out: Path | None) -> dict:
+def run(sizes: list[int], repeats: int, warmup: int, max_gb: float, out: Path | None,
+        tiled_sizes: list[int] = (), only: list[str] | None = None) -> dict:
     max_bytes = max_gb * GB
-    result = {"machine": machine_info(), "settings": {"sizes": sizes, "D": D, "dtype": "float32", "repeats": repeats,
-              "warmup": warmup, "max_gb": max_gb, "torch_threads": torch.get_num_threads()}, "groups": []}
+    result = {"machine": machine_info(), "settings": {"sizes": sizes, "tiled_sizes": list(tiled_sizes), "D": D,
+              "dtype": "float32", "repeats": repeats, "warmup": warmup, "max_gb": max_gb,
+              "torch_threads": torch.get_num_threads(), "groups": only}, "groups": []}
     print(f"machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, torch "
           f"{result['machine']['torch']} ({torch.get_num_threads()} threads), load average "
           f"{result['machine']['load_average_at_start']}")
@@ -315,8 +366,10 @@ def run(sizes: list[int], repeats: int, warmup: int, max_gb: float, out: Path | 
     # anything large whose pages the children would inherit.
     plan = []
     for gi, group in enumerate(groups()):
+        if only is not None and group["key"] not in only:
+            continue
         impls = group["impls"]()
-        for n in sizes:
+        for n in tiled_sizes if group.get("tiled") else sizes:
             m = group["rows"](n)
             entries = []
             for ii, impl in enumerate(impls):
@@ -345,25 +398,31 @@ def run(sizes: list[int], repeats: int, warmup: int, max_gb: float, out: Path | 
             continue
         x = make_inputs(group, n)
         values, calls = {}, {}
+        slowest = 0.0
         for impl, e in live:
             for _ in range(warmup):
                 t0 = time.perf_counter()
                 values[impl.name] = step(impl, x)
                 took = time.perf_counter() - t0
+            slowest = max(slowest, took)
             # A sample of a fast implementation averages several back-to-back calls, so that it lasts
             # at least SAMPLE_S: one call of a few milliseconds is at the mercy of a single hiccup.
             calls[impl.name] = max(1, min(MAX_CALLS, round(SAMPLE_S / max(took, 1e-6))))
             e["calls_per_sample"] = calls[impl.name]
+        # Calls of many seconds (the tiled sizes) are steady on their own: fewer repeats, no untimed
+        # call before each, so that N = 16,384 takes minutes rather than an hour.
+        slow = slowest > SLOW_CALL_S
         times = {impl.name: [] for impl, _ in live}
         rng = random.Random(n)
-        for _ in range(repeats):
+        for _ in range(min(repeats, SLOW_REPEATS) if slow else repeats):
             order = live[:]
             rng.shuffle(order)
             for impl, _ in order:
                 # Untimed call first: the timed one then starts from this implementation's own steady
                 # state (allocator, caches), as in a training loop, not from the wreckage of whichever
                 # implementation ran before it (pytorch-metric-learning frees gigabytes).
-                step(impl, x)
+                if not slow:
+                    step(impl, x)
                 t0 = time.perf_counter()
                 for _ in range(calls[impl.name]):
                     step(impl, x)
@@ -388,9 +447,15 @@ def run(sizes: list[int], repeats: int, warmup: int, max_gb: float, out: Path | 
                                  "entries": entries})
         print_block(group["title"], n, m, entries)
     result["targets"] = check_targets(result, [n for n in sizes if n in TARGET_SIZES])
+    result["tiled"] = tiled_summary(result)
+    result["targets"] += result["tiled"]["targets"]
     print_targets(result["targets"])
+    print_tiled(result["tiled"])
     print("\nMarkdown for the README:\n")
     print(markdown(result))
+    if result["tiled"]["rows"]:
+        print()
+        print(tiled_markdown(result["tiled"]))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1) + "\n")
@@ -402,7 +467,7 @@ def check_targets(result: dict, sizes: list[int]) -> list[dict]:
     """The issue's targets: within 1.1x of the fused form everywhere; 3x time, 2x memory vs PML SupCon."""
     checks = []
     for block in result["groups"]:
-        if block["n"] not in sizes:
+        if block["n"] not in sizes or block["group"].endswith("_tiled"):
             continue
         by = {e["impl"]: e for e in block["entries"]}
         clb = block["entries"][0]
@@ -423,7 +488,94 @@ def check_targets(result: dict, sizes: list[int]) -> list[dict]:
     return checks
 
 
+def tiled_summary(result: dict) -> dict:
+    """Tiled against untiled at every size; the issue's targets; the largest N that fits in 8 GB.
+
+    Tiled memory is O(M D + M B) with B M held near ``_TILE_LOGITS``, so its peak grows linearly
+    with the rows M: a straight line through the two largest measured sizes gives bytes per row,
+    and (FIT_IN_GB - intercept) / slope the rows that fit. That is an estimate from the measured
+    per-row memory, not a run: at that size one call would take days on 2 cores (time grows with M^2).
+    """
+    rows, targets, fits = [], [], {}
+    for block in result["groups"]:
+        if not block["group"].endswith("_tiled"):
+            continue
+        tiled, untiled = block["entries"]
+        row = {"group": block["group"], "n": block["n"], "rows": block["rows"],
+               "block_size": tiled_block(block["rows"])}
+        for key, e in (("tiled", tiled), ("untiled", untiled)):
+            if "median_s" in e:
+                row[f"{key}_ms"] = e["median_s"] * 1e3
+                row[f"{key}_ns_per_logit"] = e["median_s"] * 1e9 / block["rows"] ** 2
+            if "peak_mb" in e:
+                row[f"{key}_mb"] = e["peak_mb"]
+            if "skipped" in e:
+                row[f"{key}_skipped"] = e["skipped"]
+        if "time_ratio" in untiled:
+            row["time_ratio"] = 1 / untiled["time_ratio"]  # tiled over untiled, paired per round
+        rows.append(row)
+        if block["n"] == TILED_TIME_N and "time_ratio" in row:
+            targets.append({"group": block["group"], "n": block["n"], "target": "tiled time <= 1.2x untiled",
+                            "value": round(row["time_ratio"], 3), "ok": row["time_ratio"] <= 1.2})
+        if block["n"] == TILED_MEMORY_N and "tiled_mb" in row:
+            targets.append({"group": block["group"], "n": block["n"],
+                            "target": f"tiled peak <= {TILED_MEMORY_TARGET_MB} MB", "value": row["tiled_mb"],
+                            "ok": row["tiled_mb"] <= TILED_MEMORY_TARGET_MB})
+    for group in {r["group"] for r in rows}:
+        measured = sorted((r["rows"], r["tiled_mb"]) for r in rows if r["group"] == group and "tiled_mb" in r)
+        if len(measured) < 2:
+            continue
+        (m0, mb0), (m1, mb1) = measured[-2:]
+        slope = max((mb1 - mb0) / (m1 - m0), 1e-9)  # MB per row
+        intercept = mb1 - slope * m1
+        max_rows = int((FIT_IN_GB * 1024 - intercept) / slope)
+        fits[group] = {"bytes_per_row": round(slope * MB), "from_rows": [m0, m1], "max_rows": max_rows,
+                       "max_n": max_rows // 2, "estimated": True}
+    return {"rows": rows, "targets": targets, "fits_in_8gb": fits}
+
+
 # ----------------------------------------------------------------------------- output
+
+
+def print_tiled(summary: dict) -> None:
+    if not summary["rows"]:
+        return
+    print("\ntiled against untiled (time: median; x untiled: median of same-round ratios; ns per logit = time / M^2):")
+    print(f"  {'loss':16s} {'N':>6s} {'rows':>6s} {'B':>5s} {'tiled':>11s} {'untiled':>11s} {'x untiled':>9s} "
+          f"{'ns/logit':>17s} {'peak MB':>19s}")
+    for r in summary["rows"]:
+        def ms(key):
+            return f"{r[key]:9.0f} ms" if key in r else "          -"
+
+        ratio = f"{r['time_ratio']:.2f}" if "time_ratio" in r else "-"
+        ns = f"{r.get('tiled_ns_per_logit', float('nan')):.2f} / {r.get('untiled_ns_per_logit', float('nan')):.2f}"
+        mb = f"{r.get('tiled_mb', float('nan')):.0f} / " + (f"{r['untiled_mb']:.0f}" if "untiled_mb" in r else "skipped")
+        print(f"  {r['group']:16s} {r['n']:6d} {r['rows']:6d} {r['block_size']:5d} {ms('tiled_ms')} "
+              f"{ms('untiled_ms')} {ratio:>9s} {ns:>17s} {mb:>19s}")
+    for group, fit in summary["fits_in_8gb"].items():
+        print(f"  {group}: {fit['bytes_per_row'] / 1024:.1f} kB per row (line through {fit['from_rows'][0]} and "
+              f"{fit['from_rows'][1]} rows) -> about {fit['max_rows']:,} rows, N = {fit['max_n']:,} pairs, fit in "
+              f"{FIT_IN_GB} GB (estimated from the measured per-row memory, not run)")
+
+
+def tiled_markdown(summary: dict) -> str:
+    lines = [
+        "| loss | N | rows | block | tiled (ms) | untiled (ms) | tiled x untiled | tiled peak (MB) | untiled peak (MB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in summary["rows"]:
+        def cell(key, fmt):
+            return format(r[key], fmt) if key in r else "n/a"
+
+        untiled_mb = cell("untiled_mb", ".0f") if "untiled_skipped" not in r else "not run (estimate > --max-gb)"
+        lines.append(f"| {r['group']} | {r['n']} | {r['rows']} | {r['block_size']} | {cell('tiled_ms', '.0f')} | "
+                     f"{cell('untiled_ms', '.0f')} | {cell('time_ratio', '.2f')} | {cell('tiled_mb', '.0f')} | "
+                     f"{untiled_mb} |")
+    for group, fit in summary["fits_in_8gb"].items():
+        lines.append(f"\n{group}: largest N in {FIT_IN_GB} GB about {fit['max_n']:,} pairs ({fit['max_rows']:,} rows), "
+                     f"estimated from {fit['bytes_per_row'] / 1024:.1f} kB per row measured at "
+                     f"{fit['from_rows'][0]} and {fit['from_rows'][1]} rows.")
+    return "\n".join(lines)
 
 
 def _fmt_time(e: dict) -> str:
@@ -487,6 +639,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice, one per core); "
                         "on a machine busy with other work, 1 gives far steadier ratios")
     parser.add_argument("--out", type=Path, help="JSON file (default benchmarks/results/losses[_quick].json)")
+    parser.add_argument("--tiled-sizes", type=int, nargs="*",
+                        help="sizes N (pairs) for tiled against untiled (default 1024 4096 16384; quick: 64 128)")
+    parser.add_argument("--groups", nargs="+", choices=[g["key"] for g in groups()],
+                        help="run only these groups (default: all)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -497,7 +653,10 @@ def main(argv: list[str] | None = None) -> dict:
     if repeats < 1 or args.warmup < 1:
         parser.error("--repeats and --warmup must be at least 1")
     out = args.out or REPO / "benchmarks" / "results" / ("losses_quick.json" if args.quick else "losses.json")
-    return run(sizes, repeats, args.warmup, args.max_gb, out)
+    tiled_sizes = args.tiled_sizes if args.tiled_sizes is not None else ([64, 128] if args.quick else list(TILED_SIZES))
+    if any(n < 2 for n in tiled_sizes):
+        parser.error("--tiled-sizes must be at least 2")
+    return run(sizes, repeats, args.warmup, args.max_gb, out, tiled_sizes, args.groups)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
-"""Command line: ``python -m clbook reproduce [--quick] [--json FILE] [--progress]``.
+"""Command line: ``python -m clbook reproduce`` and ``python -m clbook pretrain``.
 
-Runs the experiments of notebooks 04 and 05 headless and prints the results table; ``--json``
-also writes the rows as a JSON list of objects with keys ``dataset``, ``encoder``, ``method``,
-``linear_acc``, ``knn_acc``, ``seconds`` and ``data``.
+``reproduce [--quick] [--json FILE] [--progress]`` runs the experiments of notebooks 04 and 05
+headless and prints the results table; ``--json`` also writes the rows as a JSON list of objects
+with keys ``dataset``, ``encoder``, ``method``, ``linear_acc``, ``knn_acc``, ``seconds`` and ``data``.
+
+``pretrain --method {simclr,supcon} [...]`` pre-trains the course's CNN on MNIST or a folder of
+images, on one process or under ``torchrun --nproc_per_node=K -m clbook pretrain ...``, with a
+checkpoint to resume from and a final linear probe (see :mod:`clbook.launch`).
 """
 
 from __future__ import annotations
@@ -21,7 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--json", metavar="FILE", help="also write the rows to FILE as JSON")
     rep.add_argument("--progress", action="store_true", help="show progress bars while training")
     rep.add_argument("--data", metavar="DIR", help="data directory (default: CLBOOK_DATA or <repo>/data)")
+    from clbook.launch import add_arguments, run_pretrain
+
+    add_arguments(sub.add_parser("pretrain", help="pre-train an encoder (one process, or several under torchrun)"))
     args = parser.parse_args(argv)
+    if args.command == "pretrain":
+        run_pretrain(args)
+        return 0
 
     from clbook.data import load_mnist
     from clbook.experiments import format_table, reproduce
