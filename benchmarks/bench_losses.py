@@ -236,9 +236,9 @@ def tiled_impls(kind: str) -> list[Impl]:
     def rows(x):
         return 2 * len(x["z1"]) if kind == "nt_xent" else 2 * len(x["features"])
 
-    # Tiled: the [M, D] rows and their gradients (a few copies) plus two [B, M] blocks of ~16 MB.
+    # Tiled: the [M, D] rows and their gradients (a few float32 copies) plus up to three [B, M] blocks.
     return [
-        Impl("clbook tiled", lambda x: run(x, tiled_block(rows(x))), lambda m: 64 * MB + 3000 * m),
+        Impl("clbook tiled", lambda x: run(x, tiled_block(rows(x))), lambda m: 12 * m * tiled_block(m) + 4000 * m),
         Impl("clbook untiled", untiled, _sq(4)),
     ]
 

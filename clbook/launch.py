@@ -114,7 +114,10 @@ def run_pretrain(args: argparse.Namespace) -> dict:
     defaults = METHOD_DEFAULTS[args.method]
     temperature = args.temperature if args.temperature is not None else defaults["temperature"]
     augment = defaults["augment"]
-    split = load_image_folder(args.images) if args.images else load_mnist(root=args.data, verbose=main)
+    if args.images:
+        split = load_image_folder(args.images)
+    else:
+        split = load_mnist(root=args.data, download=not args.offline, verbose=main)
     X, y = split.X_train, split.y_train
     if args.limit:
         X, y = X[: args.limit], y[: args.limit]
@@ -220,6 +223,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="simclr (NT-Xent, no labels) or supcon (labels)")
     parser.add_argument("--images", metavar="DIR", help="a folder of images, one subfolder per class (default: MNIST)")
     parser.add_argument("--data", metavar="DIR", help="MNIST data directory (default: CLBOOK_DATA or <repo>/data)")
+    parser.add_argument("--offline", action="store_true",
+                        help="skip the official MNIST (no download attempt): use the split shipped in data/mnist_t10k")
     parser.add_argument("--limit", type=int, help="use only the first LIMIT training images (a quick run)")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=256, help="per process; the global batch is K times it")

@@ -32,7 +32,7 @@ def test_pretrain_two_processes_then_resume(tmp_path):
     if torchrun() is None:
         pytest.skip("torchrun not found")
     ck, first, second = tmp_path / "ck.pt", tmp_path / "first.json", tmp_path / "second.json"
-    common = ["--method", "supcon", "--limit", "96", "--batch-size", "16", "--checkpoint", str(ck)]
+    common = ["--method", "supcon", "--offline", "--limit", "96", "--batch-size", "16", "--checkpoint", str(ck)]
     done = run([torchrun(), "--standalone", "--nproc_per_node=2", "-m", "clbook", "pretrain", *common,
                 "--epochs", "1", "--json", str(first)], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
