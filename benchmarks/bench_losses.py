@@ -81,7 +81,7 @@ GB = 1024**3
 MB = 1024**2
 SAMPLE_S = 0.03  # a timed sample of a fast implementation averages calls for at least this long
 MAX_CALLS = 50
-SLOW_CALL_S, SLOW_REPEATS = 3.0, 3
+SLOW_CALL_S = 3.0  # calls slower than this get --slow-repeats repeats and no untimed call before each
 
 
 # ----------------------------------------------------------------------------- machine
@@ -352,7 +352,7 @@ def peak_memory(group_index: int, impl_index: int, n: int, max_bytes: float) -> 
 
 
 def run(sizes: list[int], repeats: int, warmup: int, max_gb: float, out: Path | None,
-        tiled_sizes: list[int] = (), only: list[str] | None = None) -> dict:
+        tiled_sizes: list[int] = (), only: list[str] | None = None, slow_repeats: int = 3) -> dict:
     max_bytes = max_gb * GB
     result = {"machine": machine_info(), "settings": {"sizes": sizes, "tiled_sizes": list(tiled_sizes), "D": D,
               "dtype": "float32", "repeats": repeats, "warmup": warmup, "max_gb": max_gb,
@@ -385,6 +385,9 @@ def run(sizes: list[int], repeats: int, warmup: int, max_gb: float, out: Path | 
                         e["skipped"] = f"memory run failed: {err}"
                     else:
                         e["peak_mb"] = round(peak / MB, 1)
+                        if group.get("tiled"):  # slow sizes: say each figure as it comes
+                            print(f"  peak memory: {group['key']}, N = {n}, {impl.name}: {e['peak_mb']:.1f} MB" + " " * 20,
+                                  file=sys.stderr, flush=True)
                 entries.append(e)
             plan.append((group, impls, n, m, entries))
     print(" " * 100, end="\r", file=sys.stderr, flush=True)
@@ -414,7 +417,7 @@ def run(sizes: list[int], repeats: int, warmup: int, max_gb: float, out: Path | 
         slow = slowest > SLOW_CALL_S
         times = {impl.name: [] for impl, _ in live}
         rng = random.Random(n)
-        for _ in range(min(repeats, SLOW_REPEATS) if slow else repeats):
+        for _ in range(min(repeats, slow_repeats) if slow else repeats):
             order = live[:]
             rng.shuffle(order)
             for impl, _ in order:
@@ -641,6 +644,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, help="JSON file (default benchmarks/results/losses[_quick].json)")
     parser.add_argument("--tiled-sizes", type=int, nargs="*",
                         help="sizes N (pairs) for tiled against untiled (default 1024 4096 16384; quick: 64 128)")
+    parser.add_argument("--slow-repeats", type=int, default=3,
+                        help=f"repeats for cases whose call takes over {SLOW_CALL_S:g} s (default 3)")
     parser.add_argument("--groups", nargs="+", choices=[g["key"] for g in groups()],
                         help="run only these groups (default: all)")
     args = parser.parse_args(argv)
@@ -656,7 +661,9 @@ def main(argv: list[str] | None = None) -> dict:
     tiled_sizes = args.tiled_sizes if args.tiled_sizes is not None else ([64, 128] if args.quick else list(TILED_SIZES))
     if any(n < 2 for n in tiled_sizes):
         parser.error("--tiled-sizes must be at least 2")
-    return run(sizes, repeats, args.warmup, args.max_gb, out, tiled_sizes, args.groups)
+    if args.slow_repeats < 1:
+        parser.error("--slow-repeats must be at least 1")
+    return run(sizes, repeats, args.warmup, args.max_gb, out, tiled_sizes, args.groups, args.slow_repeats)
 
 
 if __name__ == "__main__":

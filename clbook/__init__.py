@@ -1,7 +1,7 @@
 """clbook: companion package of an executable course on contrastive learning.
 
 Modules, one per concept: ``losses``, ``memory``, ``encoders``, ``data``, ``training``, ``methods``,
-``experiments``, ``viz``, ``cluster``.
+``experiments``, ``viz``, ``cluster``; ``launch`` runs ``python -m clbook pretrain``.
 """
 
 from clbook.losses import (
