@@ -326,14 +326,16 @@ def _memory_child(group_index: int, impl_index: int, n: int, max_bytes: float, q
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current resident set
         before = _status_kb("VmRSS")
+        t0 = time.perf_counter()
         step(impl, x)
-        queue.put(("ok", (_status_kb("VmHWM") - before) * 1024))
+        took = time.perf_counter() - t0
+        queue.put(("ok", ((_status_kb("VmHWM") - before) * 1024, took)))
     except Exception as e:  # an allocation refused by the limit lands here
         queue.put(("error", f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"))
 
 
-def peak_memory(group_index: int, impl_index: int, n: int, max_bytes: float) -> tuple[float | None, str]:
-    """Peak resident-set growth of one forward plus backward, measured in a forked child."""
+def peak_memory(group_index: int, impl_index: int, n: int, max_bytes: float) -> tuple[tuple | None, str]:
+    """(peak resident-set growth, seconds) of one forward plus backward, measured in a forked child."""
     # forkserver, not fork: children start from a clean server process, so they inherit neither
     # this process's heap nor its OpenMP thread pool (which deadlocks a child forked after use).
     ctx = mp.get_context("forkserver")
@@ -352,7 +354,8 @@ def peak_memory(group_index: int, impl_index: int, n: int, max_bytes: float) -> 
 
 
 def run(sizes: list[int], repeats: int, warmup: int, max_gb: float, out: Path | None,
-        tiled_sizes: list[int] = (), only: list[str] | None = None, slow_repeats: int = 3) -> dict:
+        tiled_sizes: list[int] = (), only: list[str] | None = None, slow_repeats: int = 3,
+        time_max_n: int | None = None) -> dict:
     max_bytes = max_gb * GB
     result = {"machine": machine_info(), "settings": {"sizes": sizes, "tiled_sizes": list(tiled_sizes), "D": D,
               "dtype": "float32", "repeats": repeats, "warmup": warmup, "max_gb": max_gb,
@@ -380,20 +383,27 @@ def run(sizes: list[int], repeats: int, warmup: int, max_gb: float, out: Path | 
                 else:
                     print(f"  measuring peak memory: {group['key']}, N = {n}, {impl.name}", end="\r",
                           file=sys.stderr, flush=True)
-                    peak, err = peak_memory(gi, ii, n, max_bytes)
-                    if peak is None:
+                    measured, err = peak_memory(gi, ii, n, max_bytes)
+                    if measured is None:
                         e["skipped"] = f"memory run failed: {err}"
                     else:
-                        e["peak_mb"] = round(peak / MB, 1)
+                        e["peak_mb"] = round(measured[0] / MB, 1)
+                        # One cold call in the child: a rough time where the timed phase does not run.
+                        e["memory_run_s"] = round(measured[1], 3)
                         if group.get("tiled"):  # slow sizes: say each figure as it comes
-                            print(f"  peak memory: {group['key']}, N = {n}, {impl.name}: {e['peak_mb']:.1f} MB" + " " * 20,
-                                  file=sys.stderr, flush=True)
+                            print(f"  peak memory: {group['key']}, N = {n}, {impl.name}: {e['peak_mb']:.1f} MB "
+                                  f"(that call took {measured[1]:.1f} s)" + " " * 20, file=sys.stderr, flush=True)
                 entries.append(e)
             plan.append((group, impls, n, m, entries))
     print(" " * 100, end="\r", file=sys.stderr, flush=True)
     # Phase 2, time: only the cases whose memory run succeeded.
     for group, impls, n, m, entries in plan:
         live = [(impl, e) for impl, e in zip(impls, entries) if "skipped" not in e]
+        if group.get("tiled") and time_max_n is not None and n > time_max_n:
+            for _, e in live:
+                e["time_note"] = f"not timed (N > --time-max-n {time_max_n}); one call in the memory run took " \
+                                 f"{e['memory_run_s']:.1f} s"
+            live = []
         if not live:
             result["groups"].append({"group": group["key"], "title": group["title"], "n": n, "rows": m,
                                      "entries": entries})
@@ -510,6 +520,9 @@ def tiled_summary(result: dict) -> dict:
             if "median_s" in e:
                 row[f"{key}_ms"] = e["median_s"] * 1e3
                 row[f"{key}_ns_per_logit"] = e["median_s"] * 1e9 / block["rows"] ** 2
+            elif "memory_run_s" in e:  # not timed: the one call of the memory run, marked as such
+                row[f"{key}_one_call_ms"] = e["memory_run_s"] * 1e3
+                row[f"{key}_ns_per_logit"] = e["memory_run_s"] * 1e9 / block["rows"] ** 2
             if "peak_mb" in e:
                 row[f"{key}_mb"] = e["peak_mb"]
             if "skipped" in e:
@@ -548,13 +561,18 @@ def print_tiled(summary: dict) -> None:
           f"{'ns/logit':>17s} {'peak MB':>19s}")
     for r in summary["rows"]:
         def ms(key):
-            return f"{r[key]:9.0f} ms" if key in r else "          -"
+            if key in r:
+                return f"{r[key]:9.0f} ms"
+            one = key.replace("_ms", "_one_call_ms")
+            return f"{r[one]:8.0f} ms*" if one in r else "          -"
 
         ratio = f"{r['time_ratio']:.2f}" if "time_ratio" in r else "-"
         ns = f"{r.get('tiled_ns_per_logit', float('nan')):.2f} / {r.get('untiled_ns_per_logit', float('nan')):.2f}"
         mb = f"{r.get('tiled_mb', float('nan')):.0f} / " + (f"{r['untiled_mb']:.0f}" if "untiled_mb" in r else "skipped")
         print(f"  {r['group']:16s} {r['n']:6d} {r['rows']:6d} {r['block_size']:5d} {ms('tiled_ms')} "
               f"{ms('untiled_ms')} {ratio:>9s} {ns:>17s} {mb:>19s}")
+    if any("tiled_one_call_ms" in r for r in summary["rows"]):
+        print("  * not timed: one cold call in the memory run (one sample, includes first-call costs)")
     for group, fit in summary["fits_in_8gb"].items():
         print(f"  {group}: {fit['bytes_per_row'] / 1024:.1f} kB per row (line through {fit['from_rows'][0]} and "
               f"{fit['from_rows'][1]} rows) -> about {fit['max_rows']:,} rows, N = {fit['max_n']:,} pairs, fit in "
@@ -571,7 +589,8 @@ def tiled_markdown(summary: dict) -> str:
             return format(r[key], fmt) if key in r else "n/a"
 
         untiled_mb = cell("untiled_mb", ".0f") if "untiled_skipped" not in r else "not run (estimate > --max-gb)"
-        lines.append(f"| {r['group']} | {r['n']} | {r['rows']} | {r['block_size']} | {cell('tiled_ms', '.0f')} | "
+        tiled_ms = cell("tiled_ms", ".0f") if "tiled_ms" in r else cell("tiled_one_call_ms", ".0f") + " (one call)"
+        lines.append(f"| {r['group']} | {r['n']} | {r['rows']} | {r['block_size']} | {tiled_ms} | "
                      f"{cell('untiled_ms', '.0f')} | {cell('time_ratio', '.2f')} | {cell('tiled_mb', '.0f')} | "
                      f"{untiled_mb} |")
     for group, fit in summary["fits_in_8gb"].items():
@@ -623,6 +642,8 @@ def markdown(result: dict) -> str:
         for e in block["entries"]:
             if "skipped" in e:
                 row = [block["group"], block["n"], block["rows"], e["impl"], "skipped", "", "", ""]
+            elif "median_s" not in e:  # measured for memory only
+                row = [block["group"], block["n"], block["rows"], e["impl"], "not timed", "", f"{e['peak_mb']:.0f}", ""]
             else:
                 row = [block["group"], block["n"], block["rows"], e["impl"], f"{e['median_s'] * 1e3:.1f}",
                        f"{e.get('time_ratio', float('nan')):.2f}", f"{e['peak_mb']:.0f}",
@@ -646,6 +667,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="sizes N (pairs) for tiled against untiled (default 1024 4096 16384; quick: 64 128)")
     parser.add_argument("--slow-repeats", type=int, default=3,
                         help=f"repeats for cases whose call takes over {SLOW_CALL_S:g} s (default 3)")
+    parser.add_argument("--time-max-n", type=int,
+                        help="tiled groups: above this N measure peak memory only (and one call's time)")
     parser.add_argument("--groups", nargs="+", choices=[g["key"] for g in groups()],
                         help="run only these groups (default: all)")
     args = parser.parse_args(argv)
@@ -663,7 +686,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--tiled-sizes must be at least 2")
     if args.slow_repeats < 1:
         parser.error("--slow-repeats must be at least 1")
-    return run(sizes, repeats, args.warmup, args.max_gb, out, tiled_sizes, args.groups, args.slow_repeats)
+    return run(sizes, repeats, args.warmup, args.max_gb, out, tiled_sizes, args.groups, args.slow_repeats,
+               args.time_max_n)
 
 
 if __name__ == "__main__":
