@@ -220,7 +220,7 @@ class untiled_path:
 
 def tiled_block(m: int) -> int:
     """The block size clbook picks for m rows past its threshold (forced below it too)."""
-    return min(m, L._auto_block(m, m, None) or max(32, L._TILE_LOGITS // m))
+    return min(m, L._auto_block(m, m, None) or max(32, min(L._TILE_LOGITS // m, -(-m // 4))))
 
 
 def tiled_impls(kind: str) -> list[Impl]:
@@ -304,8 +304,9 @@ except OSError:  # not glibc: measure without tuning the allocator
 _M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
 
 
-def _memory_child(group_index: int, impl_index: int, n: int, max_bytes: float, queue) -> None:
+def _memory_child(group_index: int, impl_index: int, n: int, max_bytes: float, threads: int, queue) -> None:
     try:
+        torch.set_num_threads(threads)  # as in the timed runs (--threads)
         if _LIBC is not None:
             # A fixed threshold (which also turns off glibc's adaptive one): every block of 64 kB or
             # more is its own mapping, returned to the system when freed. Peak RSS then follows
@@ -341,7 +342,7 @@ def peak_memory(group_index: int, impl_index: int, n: int, max_bytes: float) -> 
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "clbook.losses", "clbook.reference"])
     queue = ctx.Queue()
-    p = ctx.Process(target=_memory_child, args=(group_index, impl_index, n, max_bytes, queue))
+    p = ctx.Process(target=_memory_child, args=(group_index, impl_index, n, max_bytes, torch.get_num_threads(), queue))
     p.start()
     p.join()
     if queue.empty():

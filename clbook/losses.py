@@ -350,13 +350,14 @@ def nt_xent_loss(
 
 # Untiled up to this many logits (M rows x C columns), where the [M, C] path's memory is small
 # (about 12 bytes per logit) and its speed already tuned. Above it, blocks of about _TILE_LOGITS
-# logits (4 MB in float32). Measured on 2 busy cores, one thread, forward plus backward, tiled over
-# untiled: NT-Xent 0.64x at 2,048 rows, 0.52x at 4,096, 0.29x at 8,192; SupCon (10 classes) 0.92x,
-# 0.72x, 0.76x. Blocks of 4x and 8x as many logits were slower at 2,048 rows (0.95x to 1.42x):
-# small blocks stay in cache, and the upper triangle saves half the products only when there are
-# several blocks.
+# logits (16 MB in float32), and at least 4 blocks: the upper triangle saves half the products only
+# when there are several. Measured forward plus backward on 2 busy cores, tiled over untiled, one
+# thread: NT-Xent 0.64x at 2,048 rows (blocks of 512), 0.59x at 4,096 (1,024), 0.29x at 8,192
+# (512); SupCon (10 classes) 0.92x, 0.74x, 0.85x. Blocks of a quarter as many logits were as fast
+# on one thread but up to 4x slower on two threads of a busy machine (every small operation waits
+# for both threads), so the blocks are no smaller than this.
 _UNTILED_MAX_LOGITS = 2048 * 2048
-_TILE_LOGITS = 1 << 20
+_TILE_LOGITS = 1 << 22
 
 
 def _auto_block(rows: int, cols: int, block_size: int | None) -> int | None:
@@ -367,7 +368,7 @@ def _auto_block(rows: int, cols: int, block_size: int | None) -> int | None:
         return int(block_size)
     if rows * cols <= _UNTILED_MAX_LOGITS:
         return None
-    return max(32, _TILE_LOGITS // cols)
+    return max(32, min(_TILE_LOGITS // cols, -(-rows // 4)))
 
 
 def _merge_lse(top: Tensor, total: Tensor, logits: Tensor, dim: int) -> None:
