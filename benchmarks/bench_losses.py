@@ -4,6 +4,7 @@ Run from the repository root::
 
     python benchmarks/bench_losses.py            # N = 256, 1024, 4096 (a few minutes)
     python benchmarks/bench_losses.py --quick    # tiny sizes, a few seconds (what CI runs)
+    python benchmarks/bench_losses.py --groups nt_xent_tiled supcon_10_tiled --threads 1 --time-max-n 4096
 
 What is measured
 ----------------
@@ -18,6 +19,16 @@ Forward plus backward of one loss call on the same float32 CPU inputs, D = 128:
   positive). Compared: ``clbook.losses.supcon_loss``; the fused NT-Xent form on the same N rows
   (the cost floor: one similarity matrix and one softmax); the SupContrast reference's
   algorithm (``clbook.reference.supcontrast_loss``); pytorch-metric-learning's ``SupConLoss``.
+
+* **Tiled against untiled** (issue 18), N pairs = 2N rows for both NT-Xent and SupCon (10
+  classes, N samples x 2 views), at ``--tiled-sizes`` (default 1,024, 4,096 and 16,384):
+  ``block_size=`` with the block clbook picks, against the untiled path (what clbook ran before
+  tiling), whose [M, M] matrices do not fit the memory limit at N = 16,384. Targets: peak memory
+  at N = 16,384 at most 300 MB, time within 1.2x of untiled at N = 4,096. A line through the two
+  largest sizes' peak memory estimates the largest N that fits in 8 GB (not run: one call there
+  would take days). Calls of many seconds get ``--slow-repeats`` repeats; ``--time-max-n`` limits
+  timing to the smaller sizes (the memory run's single call time is reported for the others).
+  ``--groups nt_xent_tiled supcon_10_tiled`` runs only these.
 
 Time is the median of ``--repeats`` timed samples after warm-up; a sample of an implementation
 that takes only milliseconds averages enough back-to-back calls to last about 30 ms. Repeats are
@@ -545,6 +556,9 @@ def tiled_summary(result: dict) -> dict:
         (m0, mb0), (m1, mb1) = measured[-2:]
         slope = max((mb1 - mb0) / (m1 - m0), 1e-9)  # MB per row
         intercept = mb1 - slope * m1
+        # Past M = _TILE_LOGITS / 32 rows the blocks stop shrinking (32 rows at least), and each of
+        # up to three [32, M] float32 buffers adds 128 bytes per row: counted, to stay on the safe side.
+        slope += 3 * 32 * 4 / MB
         max_rows = int((FIT_IN_GB * 1024 - intercept) / slope)
         fits[group] = {"bytes_per_row": round(slope * MB), "from_rows": [m0, m1], "max_rows": max_rows,
                        "max_n": max_rows // 2, "estimated": True}
