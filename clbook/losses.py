@@ -350,14 +350,14 @@ def nt_xent_loss(
 
 # Untiled up to this many logits (M rows x C columns), where the [M, C] path's memory is small
 # (about 12 bytes per logit) and its speed already tuned. Above it, blocks of about _TILE_LOGITS
-# logits (16 MB in float32), and at least 4 blocks: the upper triangle saves half the products only
-# when there are several. Measured forward plus backward on 2 busy cores, tiled over untiled, one
-# thread: NT-Xent 0.64x at 2,048 rows (blocks of 512), 0.59x at 4,096 (1,024), 0.29x at 8,192
-# (512); SupCon (10 classes) 0.92x, 0.74x, 0.85x. Blocks of a quarter as many logits were as fast
-# on one thread but up to 4x slower on two threads of a busy machine (every small operation waits
-# for both threads), so the blocks are no smaller than this.
+# logits (32 MB in float32), and at least 4 blocks: the upper triangle saves half the products only
+# when there are several. Measured forward plus backward on 2 busy cores, tiled over untiled, at
+# 8,192 rows: one thread, NT-Xent 0.29x to 0.33x and SupCon (10 classes) 0.76x to 1.12x for blocks
+# of 128 to 1,024 rows; two threads, NT-Xent 1.47x, 0.96x, 1.01x and SupCon 1.48x, 1.31x, 1.40x for
+# blocks of 512, 1,024 and 2,048 rows. Each block runs a dozen full-size operations, and on two
+# threads of a busy machine each of them waits for both threads, so blocks are not made smaller.
 _UNTILED_MAX_LOGITS = 2048 * 2048
-_TILE_LOGITS = 1 << 22
+_TILE_LOGITS = 1 << 23
 
 
 def _auto_block(rows: int, cols: int, block_size: int | None) -> int | None:

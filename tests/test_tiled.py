@@ -191,10 +191,10 @@ def test_automatic_choice_tiles_only_large_batches(monkeypatch):
     tiled = nt_xent_loss(z1, z2)
     assert calls == [32]  # never fewer than 32 rows per block
     assert tiled.item() == pytest.approx(untiled.item(), abs=1e-6)
-    monkeypatch.setattr(L, "_TILE_LOGITS", 1 << 22)
+    monkeypatch.setattr(L, "_TILE_LOGITS", 1 << 23)
     assert L._auto_block(100, 100, None) == 32 and L._auto_block(10, 10**6, None) == 32
-    assert L._auto_block(8192, 8192, None) == 512 and L._auto_block(32768, 32768, None) == 128
-    assert L._auto_block(4096, 4096, None) == 1024  # at least 4 blocks
+    assert L._auto_block(8192, 8192, None) == 1024 and L._auto_block(32768, 32768, None) == 256
+    assert L._auto_block(4096, 4096, None) == 1024 and L._auto_block(2050, 2050, None) == 513  # at least 4 blocks
     assert L._auto_block(10, 10, 3) == 3  # an explicit block size always tiles
 
 
