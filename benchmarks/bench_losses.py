@@ -4,6 +4,7 @@ Run from the repository root::
 
     python benchmarks/bench_losses.py            # N = 256, 1024, 4096 (a few minutes)
     python benchmarks/bench_losses.py --quick    # tiny sizes, a few seconds (what CI runs)
+    python benchmarks/bench_losses.py --groups nt_xent_tiled supcon_10_tiled --threads 1 --time-max-n 4096
 
 What is measured
 ----------------
@@ -18,6 +19,16 @@ Forward plus backward of one loss call on the same float32 CPU inputs, D = 128:
   positive). Compared: ``clbook.losses.supcon_loss``; the fused NT-Xent form on the same N rows
   (the cost floor: one similarity matrix and one softmax); the SupContrast reference's
   algorithm (``clbook.reference.supcontrast_loss``); pytorch-metric-learning's ``SupConLoss``.
+
+* **Tiled against untiled** (issue 18), N pairs = 2N rows for both NT-Xent and SupCon (10
+  classes, N samples x 2 views), at ``--tiled-sizes`` (default 1,024, 4,096 and 16,384):
+  ``block_size=`` with the block clbook picks, against the untiled path (what clbook ran before
+  tiling), whose [M, M] matrices do not fit the memory limit at N = 16,384. Targets: peak memory
+  at N = 16,384 at most 300 MB, time within 1.2x of untiled at N = 4,096. A line through the two
+  largest sizes' peak memory estimates the largest N that fits in 8 GB (not run: one call there
+  would take days). Calls of many seconds get ``--slow-repeats`` repeats; ``--time-max-n`` limits
+  timing to the smaller sizes (the memory run's single call time is reported for the others).
+  ``--groups nt_xent_tiled supcon_10_tiled`` runs only these.
 
 Time is the median of ``--repeats`` timed samples after warm-up; a sample of an implementation
 that takes only milliseconds averages enough back-to-back calls to last about 30 ms. Repeats are
@@ -67,15 +78,21 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # so that "python benchmarks/bench_losses.py" finds clbook
 
+import clbook.losses as L  # noqa: E402
 from clbook.losses import nt_xent_loss, supcon_loss  # noqa: E402
 from clbook.reference import naive_nt_xent_loss, supcontrast_loss  # noqa: E402
 
 D = 128
 TARGET_SIZES = (256, 1024, 4096)  # the sizes the issue states its targets for
+TILED_SIZES = (1024, 4096, 16384)  # tiled against untiled; the targets are stated at 4096 and 16384
+TILED_TIME_N, TILED_MEMORY_N = 4096, 16384
+TILED_MEMORY_TARGET_MB = 300
+FIT_IN_GB = 8  # the largest N that fits in this much memory is reported
 GB = 1024**3
 MB = 1024**2
 SAMPLE_S = 0.03  # a timed sample of a fast implementation averages calls for at least this long
 MAX_CALLS = 50
+SLOW_CALL_S = 3.0  # calls slower than this get --slow-repeats repeats and no untimed call before each
 
 
 # ----------------------------------------------------------------------------- machine
@@ -201,6 +218,42 @@ def supcon_impls(with_labels: bool) -> list[Impl]:
     return impls
 
 
+class untiled_path:
+    """Context: clbook's losses never tile, whatever the size (what they did before block_size)."""
+
+    def __enter__(self):
+        self.saved = L._UNTILED_MAX_LOGITS
+        L._UNTILED_MAX_LOGITS = float("inf")
+
+    def __exit__(self, *exc):
+        L._UNTILED_MAX_LOGITS = self.saved
+
+
+def tiled_block(m: int) -> int:
+    """The block size clbook picks for m rows past its threshold (forced below it too)."""
+    return min(m, L._auto_block(m, m, None) or max(32, min(L._TILE_LOGITS // m, -(-m // 4))))
+
+
+def tiled_impls(kind: str) -> list[Impl]:
+    def run(x, block):
+        if kind == "nt_xent":
+            return nt_xent_loss(x["z1"], x["z2"], 0.5, block_size=block)
+        return supcon_loss(x["features"], x.get("labels"), temperature=0.1, block_size=block)
+
+    def untiled(x):
+        with untiled_path():
+            return run(x, None)
+
+    def rows(x):
+        return 2 * len(x["z1"]) if kind == "nt_xent" else 2 * len(x["features"])
+
+    # Tiled: the [M, D] rows and their gradients (a few float32 copies) plus up to three [B, M] blocks.
+    return [
+        Impl("clbook tiled", lambda x: run(x, tiled_block(rows(x))), lambda m: 12 * m * tiled_block(m) + 4000 * m),
+        Impl("clbook untiled", untiled, _sq(4)),
+    ]
+
+
 def groups() -> list[dict]:
     """The benchmark groups; ``rows(n)`` is the side of the similarity matrix at size n."""
     return [
@@ -212,19 +265,26 @@ def groups() -> list[dict]:
          "rows": lambda n: n, "impls": lambda: supcon_impls(True)},
         {"key": "supcon_unlabelled", "title": "SupCon, no labels (N rows = N/2 samples x 2 views)", "classes": 0,
          "rows": lambda n: n, "impls": lambda: supcon_impls(False)},
+        # Tiled against untiled at larger sizes: N pairs, 2N rows, for both losses (the issue's
+        # "N = 16,384 pairs (32,768 rows)"), so SupCon gets N samples with 2 views here.
+        {"key": "nt_xent_tiled", "title": "NT-Xent, tiled against untiled (2N rows)", "classes": None,
+         "rows": lambda n: 2 * n, "impls": lambda: tiled_impls("nt_xent"), "tiled": True},
+        {"key": "supcon_10_tiled", "title": "SupCon, 10 classes, tiled against untiled (N samples x 2 views)",
+         "classes": 10, "rows": lambda n: 2 * n, "impls": lambda: tiled_impls("supcon"), "tiled": True},
     ]
 
 
 def make_inputs(group: dict, n: int, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
-    if group["key"] == "nt_xent":
+    if group["key"].startswith("nt_xent"):
         return {
             "z1": torch.randn(n, D, generator=g).requires_grad_(),
             "z2": torch.randn(n, D, generator=g).requires_grad_(),
         }
-    x = {"features": torch.randn(n // 2, 2, D, generator=g).requires_grad_()}
+    samples = group["rows"](n) // 2
+    x = {"features": torch.randn(samples, 2, D, generator=g).requires_grad_()}
     if group["classes"]:
-        x["labels"] = torch.randint(group["classes"], (n // 2,), generator=g)
+        x["labels"] = torch.randint(group["classes"], (samples,), generator=g)
     return x
 
 
@@ -255,8 +315,9 @@ except OSError:  # not glibc: measure without tuning the allocator
 _M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
 
 
-def _memory_child(group_index: int, impl_index: int, n: int, max_bytes: float, queue) -> None:
+def _memory_child(group_index: int, impl_index: int, n: int, max_bytes: float, threads: int, queue) -> None:
     try:
+        torch.set_num_threads(threads)  # as in the timed runs (--threads)
         if _LIBC is not None:
             # A fixed threshold (which also turns off glibc's adaptive one): every block of 64 kB or
             # more is its own mapping, returned to the system when freed. Peak RSS then follows
@@ -277,20 +338,22 @@ def _memory_child(group_index: int, impl_index: int, n: int, max_bytes: float, q
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current resident set
         before = _status_kb("VmRSS")
+        t0 = time.perf_counter()
         step(impl, x)
-        queue.put(("ok", (_status_kb("VmHWM") - before) * 1024))
+        took = time.perf_counter() - t0
+        queue.put(("ok", ((_status_kb("VmHWM") - before) * 1024, took)))
     except Exception as e:  # an allocation refused by the limit lands here
         queue.put(("error", f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"))
 
 
-def peak_memory(group_index: int, impl_index: int, n: int, max_bytes: float) -> tuple[float | None, str]:
-    """Peak resident-set growth of one forward plus backward, measured in a forked child."""
+def peak_memory(group_index: int, impl_index: int, n: int, max_bytes: float) -> tuple[tuple | None, str]:
+    """(peak resident-set growth, seconds) of one forward plus backward, measured in a forked child."""
     # forkserver, not fork: children start from a clean server process, so they inherit neither
     # this process's heap nor its OpenMP thread pool (which deadlocks a child forked after use).
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "clbook.losses", "clbook.reference"])
     queue = ctx.Queue()
-    p = ctx.Process(target=_memory_child, args=(group_index, impl_index, n, max_bytes, queue))
+    p = ctx.Process(target=_memory_child, args=(group_index, impl_index, n, max_bytes, torch.get_num_threads(), queue))
     p.start()
     p.join()
     if queue.empty():
@@ -302,10 +365,13 @@ def peak_memory(group_index: int, impl_index: int, n: int, max_bytes: float) -> 
 # ----------------------------------------------------------------------------- run
 
 
-def run(sizes: list[int], repeats: int, warmup: int, max_gb: float, out: Path | None) -> dict:
+def run(sizes: list[int], repeats: int, warmup: int, max_gb: float, out: Path | None,
+        tiled_sizes: list[int] = (), only: list[str] | None = None, slow_repeats: int = 3,
+        time_max_n: int | None = None) -> dict:
     max_bytes = max_gb * GB
-    result = {"machine": machine_info(), "settings": {"sizes": sizes, "D": D, "dtype": "float32", "repeats": repeats,
-              "warmup": warmup, "max_gb": max_gb, "torch_threads": torch.get_num_threads()}, "groups": []}
+    result = {"machine": machine_info(), "settings": {"sizes": sizes, "tiled_sizes": list(tiled_sizes), "D": D,
+              "dtype": "float32", "repeats": repeats, "warmup": warmup, "max_gb": max_gb,
+              "torch_threads": torch.get_num_threads(), "groups": only}, "groups": []}
     print(f"machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, torch "
           f"{result['machine']['torch']} ({torch.get_num_threads()} threads), load average "
           f"{result['machine']['load_average_at_start']}")
@@ -315,8 +381,10 @@ def run(sizes: list[int], repeats: int, warmup: int, max_gb: float, out: Path | 
     # anything large whose pages the children would inherit.
     plan = []
     for gi, group in enumerate(groups()):
+        if only is not None and group["key"] not in only:
+            continue
         impls = group["impls"]()
-        for n in sizes:
+        for n in tiled_sizes if group.get("tiled") else sizes:
             m = group["rows"](n)
             entries = []
             for ii, impl in enumerate(impls):
@@ -327,17 +395,27 @@ def run(sizes: list[int], repeats: int, warmup: int, max_gb: float, out: Path | 
                 else:
                     print(f"  measuring peak memory: {group['key']}, N = {n}, {impl.name}", end="\r",
                           file=sys.stderr, flush=True)
-                    peak, err = peak_memory(gi, ii, n, max_bytes)
-                    if peak is None:
+                    measured, err = peak_memory(gi, ii, n, max_bytes)
+                    if measured is None:
                         e["skipped"] = f"memory run failed: {err}"
                     else:
-                        e["peak_mb"] = round(peak / MB, 1)
+                        e["peak_mb"] = round(measured[0] / MB, 1)
+                        # One cold call in the child: a rough time where the timed phase does not run.
+                        e["memory_run_s"] = round(measured[1], 3)
+                        if group.get("tiled"):  # slow sizes: say each figure as it comes
+                            print(f"  peak memory: {group['key']}, N = {n}, {impl.name}: {e['peak_mb']:.1f} MB "
+                                  f"(that call took {measured[1]:.1f} s)" + " " * 20, file=sys.stderr, flush=True)
                 entries.append(e)
             plan.append((group, impls, n, m, entries))
     print(" " * 100, end="\r", file=sys.stderr, flush=True)
     # Phase 2, time: only the cases whose memory run succeeded.
     for group, impls, n, m, entries in plan:
         live = [(impl, e) for impl, e in zip(impls, entries) if "skipped" not in e]
+        if group.get("tiled") and time_max_n is not None and n > time_max_n:
+            for _, e in live:
+                e["time_note"] = f"not timed (N > --time-max-n {time_max_n}); one call in the memory run took " \
+                                 f"{e['memory_run_s']:.1f} s"
+            live = []
         if not live:
             result["groups"].append({"group": group["key"], "title": group["title"], "n": n, "rows": m,
                                      "entries": entries})
@@ -345,25 +423,31 @@ def run(sizes: list[int], repeats: int, warmup: int, max_gb: float, out: Path | 
             continue
         x = make_inputs(group, n)
         values, calls = {}, {}
+        slowest = 0.0
         for impl, e in live:
             for _ in range(warmup):
                 t0 = time.perf_counter()
                 values[impl.name] = step(impl, x)
                 took = time.perf_counter() - t0
+            slowest = max(slowest, took)
             # A sample of a fast implementation averages several back-to-back calls, so that it lasts
             # at least SAMPLE_S: one call of a few milliseconds is at the mercy of a single hiccup.
             calls[impl.name] = max(1, min(MAX_CALLS, round(SAMPLE_S / max(took, 1e-6))))
             e["calls_per_sample"] = calls[impl.name]
+        # Calls of many seconds (the tiled sizes) are steady on their own: fewer repeats, no untimed
+        # call before each, so that N = 16,384 takes minutes rather than an hour.
+        slow = slowest > SLOW_CALL_S
         times = {impl.name: [] for impl, _ in live}
         rng = random.Random(n)
-        for _ in range(repeats):
+        for _ in range(min(repeats, slow_repeats) if slow else repeats):
             order = live[:]
             rng.shuffle(order)
             for impl, _ in order:
                 # Untimed call first: the timed one then starts from this implementation's own steady
                 # state (allocator, caches), as in a training loop, not from the wreckage of whichever
                 # implementation ran before it (pytorch-metric-learning frees gigabytes).
-                step(impl, x)
+                if not slow:
+                    step(impl, x)
                 t0 = time.perf_counter()
                 for _ in range(calls[impl.name]):
                     step(impl, x)
@@ -388,9 +472,15 @@ def run(sizes: list[int], repeats: int, warmup: int, max_gb: float, out: Path | 
                                  "entries": entries})
         print_block(group["title"], n, m, entries)
     result["targets"] = check_targets(result, [n for n in sizes if n in TARGET_SIZES])
+    result["tiled"] = tiled_summary(result)
+    result["targets"] += result["tiled"]["targets"]
     print_targets(result["targets"])
+    print_tiled(result["tiled"])
     print("\nMarkdown for the README:\n")
     print(markdown(result))
+    if result["tiled"]["rows"]:
+        print()
+        print(tiled_markdown(result["tiled"]))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1) + "\n")
@@ -402,7 +492,7 @@ def check_targets(result: dict, sizes: list[int]) -> list[dict]:
     """The issue's targets: within 1.1x of the fused form everywhere; 3x time, 2x memory vs PML SupCon."""
     checks = []
     for block in result["groups"]:
-        if block["n"] not in sizes:
+        if block["n"] not in sizes or block["group"].endswith("_tiled"):
             continue
         by = {e["impl"]: e for e in block["entries"]}
         clb = block["entries"][0]
@@ -423,7 +513,106 @@ def check_targets(result: dict, sizes: list[int]) -> list[dict]:
     return checks
 
 
+def tiled_summary(result: dict) -> dict:
+    """Tiled against untiled at every size; the issue's targets; the largest N that fits in 8 GB.
+
+    Tiled memory is O(M D + M B) with B M held near ``_TILE_LOGITS``, so its peak grows linearly
+    with the rows M: a straight line through the two largest measured sizes gives bytes per row,
+    and (FIT_IN_GB - intercept) / slope the rows that fit. That is an estimate from the measured
+    per-row memory, not a run: at that size one call would take days on 2 cores (time grows with M^2).
+    """
+    rows, targets, fits = [], [], {}
+    for block in result["groups"]:
+        if not block["group"].endswith("_tiled"):
+            continue
+        tiled, untiled = block["entries"]
+        row = {"group": block["group"], "n": block["n"], "rows": block["rows"],
+               "block_size": tiled_block(block["rows"])}
+        for key, e in (("tiled", tiled), ("untiled", untiled)):
+            if "median_s" in e:
+                row[f"{key}_ms"] = e["median_s"] * 1e3
+                row[f"{key}_ns_per_logit"] = e["median_s"] * 1e9 / block["rows"] ** 2
+            elif "memory_run_s" in e:  # not timed: the one call of the memory run, marked as such
+                row[f"{key}_one_call_ms"] = e["memory_run_s"] * 1e3
+                row[f"{key}_ns_per_logit"] = e["memory_run_s"] * 1e9 / block["rows"] ** 2
+            if "peak_mb" in e:
+                row[f"{key}_mb"] = e["peak_mb"]
+            if "skipped" in e:
+                row[f"{key}_skipped"] = e["skipped"]
+        if "time_ratio" in untiled:
+            row["time_ratio"] = 1 / untiled["time_ratio"]  # tiled over untiled, paired per round
+        rows.append(row)
+        if block["n"] == TILED_TIME_N and "time_ratio" in row:
+            targets.append({"group": block["group"], "n": block["n"], "target": "tiled time <= 1.2x untiled",
+                            "value": round(row["time_ratio"], 3), "ok": row["time_ratio"] <= 1.2})
+        if block["n"] == TILED_MEMORY_N and "tiled_mb" in row:
+            targets.append({"group": block["group"], "n": block["n"],
+                            "target": f"tiled peak <= {TILED_MEMORY_TARGET_MB} MB", "value": row["tiled_mb"],
+                            "ok": row["tiled_mb"] <= TILED_MEMORY_TARGET_MB})
+    for group in {r["group"] for r in rows}:
+        measured = sorted((r["rows"], r["tiled_mb"]) for r in rows if r["group"] == group and "tiled_mb" in r)
+        if len(measured) < 2:
+            continue
+        (m0, mb0), (m1, mb1) = measured[-2:]
+        slope = max((mb1 - mb0) / (m1 - m0), 1e-9)  # MB per row
+        intercept = mb1 - slope * m1
+        # Past M = _TILE_LOGITS / 32 rows the blocks stop shrinking (32 rows at least), and each of
+        # up to three [32, M] float32 buffers adds 128 bytes per row: counted, to stay on the safe side.
+        slope += 3 * 32 * 4 / MB
+        max_rows = int((FIT_IN_GB * 1024 - intercept) / slope)
+        fits[group] = {"bytes_per_row": round(slope * MB), "from_rows": [m0, m1], "max_rows": max_rows,
+                       "max_n": max_rows // 2, "estimated": True}
+    return {"rows": rows, "targets": targets, "fits_in_8gb": fits}
+
+
 # ----------------------------------------------------------------------------- output
+
+
+def print_tiled(summary: dict) -> None:
+    if not summary["rows"]:
+        return
+    print("\ntiled against untiled (time: median; x untiled: median of same-round ratios; ns per logit = time / M^2):")
+    print(f"  {'loss':16s} {'N':>6s} {'rows':>6s} {'B':>5s} {'tiled':>11s} {'untiled':>11s} {'x untiled':>9s} "
+          f"{'ns/logit':>17s} {'peak MB':>19s}")
+    for r in summary["rows"]:
+        def ms(key):
+            if key in r:
+                return f"{r[key]:9.0f} ms"
+            one = key.replace("_ms", "_one_call_ms")
+            return f"{r[one]:8.0f} ms*" if one in r else "          -"
+
+        ratio = f"{r['time_ratio']:.2f}" if "time_ratio" in r else "-"
+        ns = f"{r.get('tiled_ns_per_logit', float('nan')):.2f} / {r.get('untiled_ns_per_logit', float('nan')):.2f}"
+        mb = f"{r.get('tiled_mb', float('nan')):.0f} / " + (f"{r['untiled_mb']:.0f}" if "untiled_mb" in r else "skipped")
+        print(f"  {r['group']:16s} {r['n']:6d} {r['rows']:6d} {r['block_size']:5d} {ms('tiled_ms')} "
+              f"{ms('untiled_ms')} {ratio:>9s} {ns:>17s} {mb:>19s}")
+    if any("tiled_one_call_ms" in r for r in summary["rows"]):
+        print("  * not timed: one cold call in the memory run (one sample, includes first-call costs)")
+    for group, fit in summary["fits_in_8gb"].items():
+        print(f"  {group}: {fit['bytes_per_row'] / 1024:.1f} kB per row (line through {fit['from_rows'][0]} and "
+              f"{fit['from_rows'][1]} rows) -> about {fit['max_rows']:,} rows, N = {fit['max_n']:,} pairs, fit in "
+              f"{FIT_IN_GB} GB (estimated from the measured per-row memory, not run)")
+
+
+def tiled_markdown(summary: dict) -> str:
+    lines = [
+        "| loss | N | rows | block | tiled (ms) | untiled (ms) | tiled x untiled | tiled peak (MB) | untiled peak (MB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in summary["rows"]:
+        def cell(key, fmt):
+            return format(r[key], fmt) if key in r else "n/a"
+
+        untiled_mb = cell("untiled_mb", ".0f") if "untiled_skipped" not in r else "not run (estimate > --max-gb)"
+        tiled_ms = cell("tiled_ms", ".0f") if "tiled_ms" in r else cell("tiled_one_call_ms", ".0f") + " (one call)"
+        lines.append(f"| {r['group']} | {r['n']} | {r['rows']} | {r['block_size']} | {tiled_ms} | "
+                     f"{cell('untiled_ms', '.0f')} | {cell('time_ratio', '.2f')} | {cell('tiled_mb', '.0f')} | "
+                     f"{untiled_mb} |")
+    for group, fit in summary["fits_in_8gb"].items():
+        lines.append(f"\n{group}: largest N in {FIT_IN_GB} GB about {fit['max_n']:,} pairs ({fit['max_rows']:,} rows), "
+                     f"estimated from {fit['bytes_per_row'] / 1024:.1f} kB per row measured at "
+                     f"{fit['from_rows'][0]} and {fit['from_rows'][1]} rows.")
+    return "\n".join(lines)
 
 
 def _fmt_time(e: dict) -> str:
@@ -468,6 +657,8 @@ def markdown(result: dict) -> str:
         for e in block["entries"]:
             if "skipped" in e:
                 row = [block["group"], block["n"], block["rows"], e["impl"], "skipped", "", "", ""]
+            elif "median_s" not in e:  # measured for memory only
+                row = [block["group"], block["n"], block["rows"], e["impl"], "not timed", "", f"{e['peak_mb']:.0f}", ""]
             else:
                 row = [block["group"], block["n"], block["rows"], e["impl"], f"{e['median_s'] * 1e3:.1f}",
                        f"{e.get('time_ratio', float('nan')):.2f}", f"{e['peak_mb']:.0f}",
@@ -487,6 +678,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice, one per core); "
                         "on a machine busy with other work, 1 gives far steadier ratios")
     parser.add_argument("--out", type=Path, help="JSON file (default benchmarks/results/losses[_quick].json)")
+    parser.add_argument("--tiled-sizes", type=int, nargs="*",
+                        help="sizes N (pairs) for tiled against untiled (default 1024 4096 16384; quick: 64 128)")
+    parser.add_argument("--slow-repeats", type=int, default=3,
+                        help=f"repeats for cases whose call takes over {SLOW_CALL_S:g} s (default 3)")
+    parser.add_argument("--time-max-n", type=int,
+                        help="tiled groups: above this N measure peak memory only (and one call's time)")
+    parser.add_argument("--groups", nargs="+", choices=[g["key"] for g in groups()],
+                        help="run only these groups (default: all)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -497,7 +696,13 @@ def main(argv: list[str] | None = None) -> dict:
     if repeats < 1 or args.warmup < 1:
         parser.error("--repeats and --warmup must be at least 1")
     out = args.out or REPO / "benchmarks" / "results" / ("losses_quick.json" if args.quick else "losses.json")
-    return run(sizes, repeats, args.warmup, args.max_gb, out)
+    tiled_sizes = args.tiled_sizes if args.tiled_sizes is not None else ([64, 128] if args.quick else list(TILED_SIZES))
+    if any(n < 2 for n in tiled_sizes):
+        parser.error("--tiled-sizes must be at least 2")
+    if args.slow_repeats < 1:
+        parser.error("--slow-repeats must be at least 1")
+    return run(sizes, repeats, args.warmup, args.max_gb, out, tiled_sizes, args.groups, args.slow_repeats,
+               args.time_max_n)
 
 
 if __name__ == "__main__":

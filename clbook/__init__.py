@@ -1,8 +1,8 @@
 """clbook: companion package of an executable course on contrastive learning.
 
 Modules, one per concept: ``losses``, ``memory``, ``encoders``, ``data``, ``training``, ``methods``,
-``experiments``, ``viz``, ``cluster``; ``exercises`` checks the notebooks' exercises and ``student``
-writes the student edition.
+``experiments``, ``viz``, ``cluster``; ``exercises`` checks the notebooks' exercises, ``student``
+writes the student edition and ``launch`` runs ``python -m clbook pretrain``.
 """
 
 from clbook.losses import (

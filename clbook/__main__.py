@@ -1,12 +1,18 @@
-"""Command line: ``python -m clbook reproduce [--quick] [--json FILE [--overwrite]] [--progress]``, and
-``python -m clbook student-edition OUTDIR [NOTEBOOK ...]``.
+"""Command line: ``python -m clbook reproduce``, ``pretrain`` and ``student-edition``.
 
-Runs the experiments of notebooks 04, 05 and 08 headless and prints the results table; ``--json``
-also writes the rows as a JSON list of objects with keys ``dataset``, ``encoder``, ``method``,
-``linear_acc``, ``knn_acc``, ``alignment``, ``uniformity`` (of the held-out features; ``alignment``
-is null for Iris, which has no augmentation), ``seconds`` and ``data``. The file's path is checked
-before the run (an existing file is replaced only with ``--overwrite``), and the JSON is strict: a
-value that is not a finite number is written as ``null``.
+``reproduce [--quick] [--json FILE [--overwrite]] [--progress]`` runs the experiments of notebooks
+04, 05, 07 and 08 headless and prints the results table; ``--json`` also writes the rows as a JSON
+list of objects with keys ``dataset``, ``encoder``, ``method``, ``linear_acc``, ``knn_acc``,
+``alignment``, ``uniformity`` (of the held-out features; ``alignment`` is null for Iris, which has
+no augmentation), ``seconds`` and ``data``. The file's path is checked before the run (an existing
+file is replaced only with ``--overwrite``), and the JSON is strict: a value that is not a finite
+number is written as ``null``.
+
+``pretrain --method {simclr,supcon} [...]`` pre-trains the course's CNN on MNIST or a folder of
+images, on one process or under ``torchrun --nproc_per_node=K -m clbook pretrain ...``, with a
+checkpoint to resume from and a final linear probe (see :mod:`clbook.launch`).
+
+``student-edition OUTDIR [NOTEBOOK ...]`` writes the notebooks with every solution replaced by a stub.
 """
 
 from __future__ import annotations
@@ -52,7 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     stu = sub.add_parser("student-edition", help="write the notebooks with every solution replaced by a stub")
     stu.add_argument("outdir", help="folder for the student notebooks (created if needed)")
     stu.add_argument("notebooks", nargs="*", help="notebooks to convert (default: every notebook of the course)")
+    from clbook.launch import add_arguments, run_pretrain
+
+    add_arguments(sub.add_parser("pretrain", help="pre-train an encoder (one process, or several under torchrun)"))
     args = parser.parse_args(argv)
+    if args.command == "pretrain":
+        run_pretrain(args)
+        return 0
     if args.command == "student-edition":
         return _student_edition(args.outdir, args.notebooks)
     if args.json:

@@ -29,6 +29,7 @@ import numbers
 from functools import reduce
 
 import torch
+import torch.distributed  # noqa: F401  (torch.distributed.* below)
 import torch.nn.functional as F
 from numpy import bool_ as np_bool
 from torch import Tensor, nn
@@ -276,7 +277,14 @@ def _connected_zero(features: Tensor) -> Tensor:
     return features.new_zeros(()) + 0.0 * features.sum()
 
 
-def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
+def nt_xent_loss(
+    z1: Tensor,
+    z2: Tensor,
+    temperature: float = 0.5,
+    *,
+    block_size: int | None = None,
+    gather_distributed: bool = False,
+) -> Tensor:
     r"""NT-Xent, the SimCLR loss (Chen et al., 2020).
 
     The 2N rows of ``cat(z1, z2)`` are anchors. Anchor i's positive is the other view of the same
@@ -294,11 +302,25 @@ def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
         Need not be normalized.
     temperature : float, default 0.5
         Softmax temperature, positive.
+    block_size : int, optional
+        Compute forward and backward over blocks of this many rows, recomputing each block's
+        logits in backward: memory O(N D + N B) instead of O(N^2), same value and gradient.
+        None (default) chooses: one [2N, 2N] matrix up to 2,048 rows, blocks above.
+    gather_distributed : bool, default False
+        Under ``torch.distributed`` (several processes), use every process's rows as negatives:
+        the loss is that of one process on the concatenated batches (equal N on every rank),
+        and under DDP the averaged gradient is that of the whole batch. Ignored when
+        ``torch.distributed`` is not initialized or runs one process.
 
     Returns
     -------
     Tensor, shape []
         Mean over the 2N anchors. For random features it sits near ``ln(2N - 1)``.
+
+    Notes
+    -----
+    The tiled path (``block_size``, or any batch past 2,048 rows) and ``gather_distributed``
+    write their gradient out, so they have no second derivatives (``create_graph=True`` raises).
     """
     _check_embeddings("z1", z1)
     _check_embeddings("z2", z2)
@@ -306,10 +328,238 @@ def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
     temperature = _check_positive("temperature", temperature)
     (z1, z2), dtype = _to_float32(z1, z2)
     n = z1.shape[0]
-    logits = _masked_logits(_scaled_rows(torch.cat([z1, z2]), temperature, normalize=True))
-    # Row i < N has its positive at column i + N; row i >= N at column i - N.
-    targets = torch.arange(2 * n, device=z1.device).roll(n)
-    return _result(F.cross_entropy(logits, targets), dtype, "nt_xent_loss")
+    world = _world(gather_distributed)
+    rows = _scaled_rows(torch.cat([z1, z2]), temperature, normalize=True)
+    block = _auto_block(2 * n, 2 * n * (world[1] if world else 1), block_size)
+    if world is None and block is None:
+        logits = _masked_logits(rows)
+        # Row i < N has its positive at column i + N; row i >= N at column i - N.
+        targets = torch.arange(2 * n, device=z1.device).roll(n)
+        return _result(F.cross_entropy(logits, targets), dtype, "nt_xent_loss")
+    # Log-denominators tiled; the positive logits z1_i . z2_i (each counted for both anchors) by autograd.
+    positive = 2 * torch.dot(rows[:n].flatten(), rows[n:].flatten())
+    if world is None:
+        return _result((_SelfLSE.apply(rows, None, block) - positive) / (2 * n), dtype, "nt_xent_loss")
+    rank, size = world
+    # Positives stay on their own rank; the columns are everyone's rows, this rank's from 2N * rank.
+    lse = _CrossLSE.apply(rows, _gather_rows(rows, world), None, None, 2 * n * rank, block or 2 * n)
+    return _result(_global_mean((lse - positive) / (2 * n * size), world), dtype, "nt_xent_loss")
+
+
+# ----------------------------------------------------------------------------- tiled log-denominators
+#
+# Every softmax loss here is "log-denominator minus positive logit": with rows already divided by
+# sqrt(t), L = (sum_i w_i lse_i - positive term) / A. The positive term is O(M D) and left to
+# autograd; the log-denominators lse_i = log sum_j exp(z_i . z_j) need all M^2 logits. The two
+# Functions below compute them over blocks of B rows and recompute each block's logits in
+# backward instead of saving an [M, M] softmax, so memory is O(M D + M B) (the idea of GradCache
+# and Inf-CL) where the untiled path's is O(M^2).
+
+# Untiled up to this many logits (M rows x C columns), where the [M, C] path's memory is small
+# (about 12 bytes per logit) and its speed already tuned. Above it, blocks of about _TILE_LOGITS
+# logits (32 MB in float32), and at least 4 blocks: the upper triangle saves half the products only
+# when there are several. Measured forward plus backward on 2 busy cores, tiled over untiled, at
+# 8,192 rows: one thread, NT-Xent 0.29x to 0.33x and SupCon (10 classes) 0.76x to 1.12x for blocks
+# of 128 to 1,024 rows; two threads, NT-Xent 1.47x, 0.96x, 1.01x and SupCon 1.48x, 1.31x, 1.40x for
+# blocks of 512, 1,024 and 2,048 rows. Each block runs a dozen full-size operations, and on two
+# threads of a busy machine each of them waits for both threads, so blocks are not made smaller.
+_UNTILED_MAX_LOGITS = 2048 * 2048
+_TILE_LOGITS = 1 << 23
+
+
+def _auto_block(rows: int, cols: int, block_size: int | None) -> int | None:
+    """Rows per block for ``rows`` anchors against ``cols`` columns: None means untiled."""
+    if block_size is not None:
+        if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral) or block_size < 1:
+            raise ValueError(f"block_size must be a positive integer or None, got {block_size!r}")
+        return int(block_size)
+    if rows * cols <= _UNTILED_MAX_LOGITS:
+        return None
+    return max(32, min(_TILE_LOGITS // cols, -(-rows // 4)))
+
+
+def _merge_lse(top: Tensor, total: Tensor, logits: Tensor, dim: int) -> None:
+    """Fold ``logits`` reduced over ``dim`` into the running (max, sum of exp) pair, in place.
+
+    ``top`` and ``total`` are views of the rows (``dim=1``) or columns (``dim=0``) the block
+    covers. ``logits`` is consumed (overwritten with exponentials).
+    """
+    block_top = logits.amax(dim=dim).clamp_min(torch.finfo(logits.dtype).min)  # -inf rows stay finite
+    block_sum = logits.sub_(block_top.unsqueeze(dim)).exp_().sum(dim=dim)
+    new_top = torch.maximum(top, block_top)
+    total.mul_((top - new_top).exp_()).add_(block_sum * (block_top - new_top).exp_())
+    top.copy_(new_top)
+
+
+class _SelfLSE(torch.autograd.Function):
+    r""":math:`\sum_i w_i \operatorname{lse}_i`, :math:`\operatorname{lse}_i = \log\sum_{j \ne i} \exp(z_i \cdot z_j)`, tiled.
+
+    The logits are symmetric, so only the upper triangle is computed: row block ``[s, e)`` meets
+    columns ``[s, M)`` once, and that block serves the log-denominators of its rows (reduced over
+    columns) and of the later rows (reduced over its rows), merged online as in a streaming
+    log-sum-exp. Backward, with :math:`P_{ij} = w_i \exp(z_i \cdot z_j - \operatorname{lse}_i)`,
+    is :math:`\partial / \partial z = (P + P^\top) z`; for a pair i < j in different blocks the
+    block holds :math:`G_{ij} = P_{ij} + P_{ji}`, which goes to row i times :math:`z_j` and to row
+    j times :math:`z_i`. Half the logits and two exponentials each, where the untiled path
+    computes them all: tiling costs little time.
+    """
+
+    @staticmethod
+    def forward(ctx, z: Tensor, weight: Tensor | None, block: int) -> Tensor:
+        """``z`` [M, D] scaled rows; ``weight`` [M] (None: all 1) of each row's log-denominator."""
+        m = z.shape[0]
+        top = z.new_full((m,), float("-inf"))
+        total = z.new_zeros(m)
+        for s in range(0, m, block):
+            e = min(s + block, m)
+            logits = z[s:e] @ z[s:].T  # [B, M - s]
+            logits[:, : e - s].fill_diagonal_(float("-inf"))
+            if e < m:  # the later rows' share first, on a copy: the rows' share consumes the block
+                _merge_lse(top[e:], total[e:], logits[:, e - s :].clone(), dim=0)
+            _merge_lse(top[s:e], total[s:e], logits, dim=1)
+        lse = top + total.log()
+        ctx.save_for_backward(z, weight, lse)
+        ctx.block = block
+        return lse.sum() if weight is None else torch.dot(weight, lse)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        if torch.is_grad_enabled():
+            raise RuntimeError("the tiled losses have no second derivatives (create_graph=True); "
+                               "pass block_size=None on a small batch")
+        z, weight, lse = ctx.saved_tensors
+        m, block = z.shape[0], ctx.block
+        # exp(l - lse + log w) = w exp(l - lse): a weight of 0 gives shift +inf and exp(-inf) = 0.
+        shift = lse if weight is None else lse - weight.log()
+        grad_z = torch.zeros_like(z)
+        for s in range(0, m, block):
+            e = min(s + block, m)
+            logits = z[s:e] @ z[s:].T
+            logits[:, : e - s].fill_diagonal_(float("-inf"))
+            g = (logits - shift[s:e, None]).exp_()  # P_ij for the block's rows
+            if e < m:  # plus P_ji for the later rows, in place of their logits
+                g[:, e - s :] += logits[:, e - s :].sub_(shift[None, e:]).exp_()
+            del logits
+            grad_z[s:e].addmm_(g, z[s:])
+            grad_z[s:].addmm_(g.T, z[s:e])
+        return grad_z.mul_(grad), None, None
+
+
+class _CrossLSE(torch.autograd.Function):
+    r""":math:`\sum_i w_i \operatorname{lse}_i` for rows ``r`` [M, D] against columns ``c`` [C, D], tiled.
+
+    :math:`\operatorname{lse}_i = \log(e^{x_i} + \sum_j \exp(r_i \cdot c_j))`, where the optional
+    ``extra`` [M] is one more logit per row (InfoNCE's positive against a queue), and with
+    ``offset`` set, column ``offset + i`` is left out of row i's sum (the anchor itself, when the
+    rows are one rank's part of gathered columns). Each block of rows meets all columns at once;
+    backward recomputes the block's softmax :math:`P` and adds :math:`P c` to the rows' gradient
+    and :math:`P^\top r` to the columns' (only when the columns need one).
+    """
+
+    @staticmethod
+    def forward(ctx, rows: Tensor, cols: Tensor, extra: Tensor | None, weight: Tensor | None,
+                offset: int | None, block: int) -> Tensor:
+        lse = rows.new_empty(rows.shape[0])
+        for s in range(0, rows.shape[0], block):
+            e = min(s + block, rows.shape[0])
+            lse[s:e] = torch.logsumexp(_CrossLSE.logits(rows, cols, offset, s, e), dim=1)
+        if extra is not None:
+            lse = torch.logaddexp(lse, extra)
+        ctx.save_for_backward(rows, cols, extra, weight, lse)
+        ctx.offset, ctx.block = offset, block
+        return lse.sum() if weight is None else torch.dot(weight, lse)
+
+    @staticmethod
+    def logits(rows: Tensor, cols: Tensor, offset: int | None, s: int, e: int) -> Tensor:
+        logits = rows[s:e] @ cols.T  # [B, C]
+        if offset is not None:
+            logits[:, offset + s : offset + e].fill_diagonal_(float("-inf"))
+        return logits
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        if torch.is_grad_enabled():
+            raise RuntimeError("the tiled losses have no second derivatives (create_graph=True); "
+                               "pass block_size=None on a small batch")
+        rows, cols, extra, weight, lse = ctx.saved_tensors
+        # exp(l - lse + log w) = w exp(l - lse): a weight of 0 gives shift +inf and exp(-inf) = 0.
+        shift = lse if weight is None else lse - weight.log()
+        grad_rows = torch.empty_like(rows) if ctx.needs_input_grad[0] else None
+        grad_cols = torch.zeros_like(cols) if ctx.needs_input_grad[1] else None
+        for s in range(0, rows.shape[0], ctx.block):
+            e = min(s + ctx.block, rows.shape[0])
+            prob = _CrossLSE.logits(rows, cols, ctx.offset, s, e).sub_(shift[s:e, None]).exp_()
+            if grad_rows is not None:
+                torch.mm(prob, cols, out=grad_rows[s:e])
+            if grad_cols is not None:
+                grad_cols.addmm_(prob.T, rows[s:e])
+        grad_extra = (extra - shift).exp_().mul_(grad) if ctx.needs_input_grad[2] else None
+        return (None if grad_rows is None else grad_rows.mul_(grad),
+                None if grad_cols is None else grad_cols.mul_(grad), grad_extra, None, None, None)
+
+
+# ----------------------------------------------------------------------------- negatives from every process
+
+
+def _world(gather: bool) -> tuple[int, int] | None:
+    """(rank, world size) if ``gather`` and torch.distributed runs more than one process, else None."""
+    if not gather or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    size = torch.distributed.get_world_size()
+    return (torch.distributed.get_rank(), size) if size > 1 else None
+
+
+def _all_gather(x: Tensor, size: int) -> Tensor:
+    """``[n, ...]`` from every rank, concatenated in rank order: ``[size * n, ...]``, no gradient."""
+    parts = [torch.empty_like(x) for _ in range(size)]
+    torch.distributed.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+class _GatherRows(torch.autograd.Function):
+    """All ranks' rows ``[size * n, D]``, with the gradient that makes the gather transparent.
+
+    Every rank's loss depends on every rank's rows, so the gradient of one rank's rows is the sum
+    over ranks of what each loss sends them: backward all-reduces (sums) the incoming gradient
+    and returns this rank's slice. (Returning only the local gradient, as a plain ``all_gather``
+    does, drops the other ranks' share: the bug of pytorch#120386 and sthalles/SimCLR#59.)
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, rank: int, size: int) -> Tensor:
+        ctx.rank, ctx.n = rank, x.shape[0]
+        return _all_gather(x, size)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        grad = grad.contiguous().clone()
+        torch.distributed.all_reduce(grad)
+        return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n], None, None
+
+
+def _gather_rows(x: Tensor, world: tuple[int, int]) -> Tensor:
+    rank, size = world
+    sizes = _all_gather(torch.tensor([x.shape[0]], device=x.device), size)
+    if bool((sizes != x.shape[0]).any()):
+        raise ValueError(f"gather_distributed needs the same batch size on every process, got {sizes.tolist()} "
+                         "(use drop_last=True in the DataLoader or DistributedSampler)")
+    return _GatherRows.apply(x, rank, size) if x.requires_grad else _all_gather(x, size)
+
+
+def _global_mean(share: Tensor, world: tuple[int, int] | None) -> Tensor:
+    """The loss returned on every rank from this rank's ``share`` of the whole batch's loss.
+
+    The shares sum to the loss on the whole batch. DDP averages gradients over ``size`` ranks,
+    so the differentiable part is ``size * share``: the averaged gradient is then the whole
+    batch's. Its value is replaced by the whole batch's loss (one all-reduce of a number), so
+    that every rank reports the loss one process would have computed.
+    """
+    if world is None:
+        return share
+    scaled = share * world[1]
+    total = share.detach().clone()
+    torch.distributed.all_reduce(total)
+    return scaled + (total - scaled.detach())
 
 
 def _class_index(labels: Tensor) -> tuple[Tensor, int]:
@@ -333,6 +583,9 @@ def supcon_loss(
     temperature: float = 0.1,
     normalize: bool = True,
     variant: str = "out",
+    *,
+    block_size: int | None = None,
+    gather_distributed: bool = False,
 ) -> Tensor:
     r"""Supervised contrastive loss (Khosla et al., 2020), self-supervised when unlabelled.
 
@@ -364,6 +617,18 @@ def supcon_loss(
     variant : {"out", "in"}, default "out"
         ``"out"`` averages ``-log p`` over positives (the paper's preferred L_out); ``"in"`` takes
         ``-log`` of the mean positive probability (L_in).
+    block_size : int, optional
+        L_out only. Compute forward and backward over blocks of this many rows, recomputing each
+        block's logits in backward: memory O(M D + M B) instead of O(M^2) for M = V * N rows,
+        same value and gradient. None (default) chooses: untiled up to 2,048 rows, blocks above.
+    gather_distributed : bool, default False
+        L_out only. Under ``torch.distributed`` (several processes), every process's rows are
+        negatives and positives (labels are gathered too; without labels only a sample's own
+        views are its positives): the loss of one process on the concatenated batches (equal N
+        on every rank), and under DDP the averaged gradient is that of the whole batch. With a
+        ``mask``, pass this rank's rows of the whole batch's mask, shape [N, world_size * N]
+        (columns in rank order). Ignored when ``torch.distributed`` is not initialized or runs
+        one process.
 
     Returns
     -------
@@ -389,7 +654,11 @@ def supcon_loss(
         raise ValueError(f"normalize must be True or False, got {normalize!r}")
     if labels is not None and mask is not None:
         raise ValueError("pass labels or mask, not both")
+    world = _world(gather_distributed)
+    if variant == "in" and (block_size is not None or world is not None):
+        raise ValueError('block_size and gather_distributed apply to variant="out" only')
     n = features.shape[0]
+    n_cols = n * (world[1] if world else 1)  # samples the mask's columns index
     if labels is not None:
         if not isinstance(labels, Tensor) or labels.shape != (n,):
             shape = list(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
@@ -397,9 +666,9 @@ def supcon_loss(
         if labels.is_floating_point() and not torch.isfinite(labels).all():
             raise ValueError("labels contain NaN or infinite values")
     if mask is not None:
-        if not isinstance(mask, Tensor) or mask.shape != (n, n):
+        if not isinstance(mask, Tensor) or mask.shape != (n, n_cols):
             shape = list(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
-            raise ValueError(f"mask must have shape [{n}, {n}] to match features' N = {n}, got {shape}")
+            raise ValueError(f"mask must have shape [{n}, {n_cols}] to match features' N = {n}, got {shape}")
         if not ((mask == 0) | (mask == 1)).all():
             raise ValueError("mask must hold only 0/1 (or False/True)")
 
@@ -410,6 +679,10 @@ def supcon_loss(
     # is a sum over anchors, so the order of the rows does not change it.
     # Scaled by 1 / sqrt(t): every inner product below is already divided by the temperature.
     z = _scaled_rows(features.reshape(rows, -1), temperature, normalize)  # [M, D], M = V * N
+
+    block = _auto_block(rows, rows * (world[1] if world else 1), block_size) if variant == "out" else None
+    if world is not None or block is not None:
+        return _result(_supcon_out_tiled(z, v, labels, mask, block, world, features), dtype, "supcon_loss")
 
     # Group structure at the level of samples: labels -> classes; no labels and no mask -> each
     # sample its own class (only its other views are positives).
@@ -448,6 +721,67 @@ def supcon_loss(
     if valid == 0:
         return _result(_connected_zero(features), dtype, "supcon_loss")
     return _result(_SupConOut.apply(z, pos_mean, pos_mean_t, keep, valid), dtype, "supcon_loss")
+
+
+def _supcon_out_tiled(z: Tensor, v: int, labels: Tensor | None, mask: Tensor | None, block: int | None,
+                      world: tuple[int, int] | None, features: Tensor) -> Tensor:
+    """L_out of :func:`supcon_loss` on scaled sample-major rows ``z`` [M, D], M = N * V: tiled, or
+    with every rank's rows as columns (``world``), or both.
+
+    L_out = (sum over anchors of lse_i - sum_i z_i . m_i) / A. The log-denominators come from
+    :class:`_SelfLSE` (one process) or :class:`_CrossLSE` (this rank's rows against everyone's).
+    The positive term needs no [M, M] matrix: with labels,
+    sum_{i in c} z_i . (S_c - z_i) / (|c| - 1) = (S_c . S_c - sum_{i in c} |z_i|^2) / (|c| - 1)
+    from the class sums S_c; with a mask, the same from sums of each sample's views.
+    Autograd differentiates it, through the gather too.
+    """
+    m, d = z.shape
+    n = m // v
+    rank, size = world if world is not None else (0, 1)
+    cols = z if world is None else _gather_rows(z, world)  # [size * M, D], this rank's rows from rank * M
+    if mask is None:
+        if labels is None:  # each sample its own class, numbered across ranks
+            group = torch.arange(size * n, device=z.device)
+            k = size * n
+        else:
+            group, k = _class_index(labels if world is None else _all_gather(labels, size))
+        with torch.no_grad():
+            group_rows = group.repeat_interleave(v)  # [size * M]
+            class_size = torch.bincount(group, minlength=k) * v  # [K]
+            weight = torch.where(class_size > 1, 1 / (class_size - 1).clamp_min(1).to(z.dtype), 0)  # [K]
+            keep = (class_size > 1).index_select(0, group_rows)  # rows with a positive, all ranks
+            valid = int(keep.sum())
+            keep = keep[rank * m : (rank + 1) * m]
+            local_rows = group_rows[rank * m : (rank + 1) * m]
+        if valid == 0:
+            return _connected_zero(features)
+        sums = z.new_zeros(k, d).index_add(0, group_rows, cols)  # S_c over every rank's rows
+        local_sums = sums if world is None else z.new_zeros(k, d).index_add(0, local_rows, z)
+        local_sq = z.new_zeros(k).index_add(0, local_rows, (z * z).sum(dim=1))
+        positive = torch.dot(weight, (local_sums * sums).sum(dim=1) - local_sq)
+    else:
+        with torch.no_grad():
+            own = torch.arange(n, device=z.device)
+            w = mask.to(z.dtype)  # [N, size * N], this rank's samples against all
+            num_pos = w.sum(dim=1) * v - w[own, rank * n + own]  # a row is never its own positive
+            w = w * torch.where(num_pos > 0, 1 / num_pos.clamp_min(1), 0)[:, None]
+            keep = (num_pos > 0).repeat_interleave(v)
+            count = keep.sum()
+            if world is not None:
+                torch.distributed.all_reduce(count)
+            valid = int(count)
+        if valid == 0:
+            return _connected_zero(features)
+        sample_sums = cols.view(size * n, v, d).sum(dim=1)  # [size * N, D]
+        local_sums = z.view(n, v, d).sum(dim=1)
+        local_sq = (z * z).sum(dim=1).view(n, v).sum(dim=1)
+        positive = (local_sums * (w @ sample_sums)).sum() - torch.dot(w[own, rank * n + own], local_sq)
+    weight_rows = None if bool(keep.all()) else keep.to(z.dtype)
+    if world is None:
+        lse = _SelfLSE.apply(z, weight_rows, block)
+    else:
+        lse = _CrossLSE.apply(z, cols, None, weight_rows, rank * m, block or m)
+    return _global_mean((lse - positive) / valid, world)
 
 
 # Below this many rows, P + P^T is built once and multiplied once (P fits in cache, so the strided
@@ -553,6 +887,9 @@ def info_nce_loss(
     negatives: Tensor | None = None,
     temperature: float = 0.07,
     normalize: bool = True,
+    *,
+    block_size: int | None = None,
+    gather_distributed: bool = False,
 ) -> Tensor:
     r"""InfoNCE (van den Oord et al., 2018) in the form MoCo uses (He et al., 2020).
 
@@ -583,6 +920,17 @@ def info_nce_loss(
     normalize : bool, default True
         L2-normalize query, key and negatives first (cosine similarity). ``False`` uses raw
         inner products.
+    block_size : int, optional
+        Compute forward and backward over blocks of this many queries, recomputing each block's
+        logits in backward: memory O((N + K) D + B K) instead of O(N K), same value and gradient.
+        None (default) chooses: untiled up to 2,048^2 logits, blocks above.
+    gather_distributed : bool, default False
+        Under ``torch.distributed`` (several processes), the loss of one process on the
+        concatenated batches (equal N on every rank), and under DDP the averaged gradient is that
+        of the whole batch. In the in-batch form every rank's keys are negatives (query i's
+        positive is key ``rank * N + i`` of the gathered keys); with ``negatives`` (a queue shared
+        by all ranks, to which MoCo enqueues every rank's keys) nothing else needs gathering.
+        Ignored when ``torch.distributed`` is not initialized or runs one process.
 
     Returns
     -------
@@ -620,6 +968,21 @@ def info_nce_loss(
     # The temperature is folded into the queries: one [N, D] pass instead of one over [N, 1 + K].
     q = prepared(query) / temperature  # [N, D]
     k = prepared(key)  # [N, D]
+    n = q.shape[0]
+    world = _world(gather_distributed)
+    if negatives is None:
+        cols = k if world is None else _gather_rows(k, world)  # every rank's keys, this rank's from rank * N
+    else:
+        cols = prepared(negatives.detach())  # [K, D], a constant
+    block = _auto_block(n, cols.shape[0] + (negatives is not None), block_size)
+    if world is not None or block is not None:
+        # Tiled: the log-denominators of the queries against the columns (the positive key is one of
+        # them in the in-batch form, an extra logit per row with a queue), minus the positive logits.
+        positive = (q * k).sum(dim=1)  # [N]
+        extra = None if negatives is None else positive
+        lse = _CrossLSE.apply(q, cols, extra, None, None, block or n)
+        share = (lse - positive.sum()) / (n * (world[1] if world else 1))
+        return _global_mean(share, world).to(query.dtype)
     if negatives is None:
         logits = q @ k.T  # [N, N], positive of row i in column i
         target = torch.arange(q.shape[0], device=q.device)
@@ -729,39 +1092,54 @@ class TripletMarginLoss(nn.Module):
         return triplet_margin_loss(anchor, positive, negative, self.margin)
 
 
+def _check_block_size(block_size: int | None) -> int | None:
+    return None if block_size is None else _auto_block(1, 1, block_size)
+
+
 class NTXentLoss(nn.Module):
     """Module form of :func:`nt_xent_loss`."""
 
-    def __init__(self, temperature: float = 0.5) -> None:
+    def __init__(self, temperature: float = 0.5, *, block_size: int | None = None,
+                 gather_distributed: bool = False) -> None:
         super().__init__()
         self.temperature = _check_positive("temperature", temperature)
+        self.block_size, self.gather_distributed = _check_block_size(block_size), gather_distributed
 
     def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
-        return nt_xent_loss(z1, z2, self.temperature)
+        return nt_xent_loss(z1, z2, self.temperature, block_size=self.block_size,
+                            gather_distributed=self.gather_distributed)
 
 
 class SupConLoss(nn.Module):
     """Module form of :func:`supcon_loss`."""
 
-    def __init__(self, temperature: float = 0.1, normalize: bool = True, variant: str = "out") -> None:
+    def __init__(self, temperature: float = 0.1, normalize: bool = True, variant: str = "out", *,
+                 block_size: int | None = None, gather_distributed: bool = False) -> None:
         super().__init__()
         temperature = _check_positive("temperature", temperature)
         if variant not in ("out", "in"):
             raise ValueError(f'variant must be "out" or "in", got {variant!r}')
+        if variant == "in" and (block_size is not None or gather_distributed):
+            raise ValueError('block_size and gather_distributed apply to variant="out" only')
         self.temperature, self.normalize, self.variant = temperature, normalize, variant
+        self.block_size, self.gather_distributed = _check_block_size(block_size), gather_distributed
 
     def forward(self, features: Tensor, labels: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
-        return supcon_loss(features, labels, mask, self.temperature, self.normalize, self.variant)
+        return supcon_loss(features, labels, mask, self.temperature, self.normalize, self.variant,
+                           block_size=self.block_size, gather_distributed=self.gather_distributed)
 
 
 
 class InfoNCELoss(nn.Module):
     """Module form of :func:`info_nce_loss`: ``loss(query, key, negatives=None)``."""
 
-    def __init__(self, temperature: float = 0.07, normalize: bool = True) -> None:
+    def __init__(self, temperature: float = 0.07, normalize: bool = True, *, block_size: int | None = None,
+                 gather_distributed: bool = False) -> None:
         super().__init__()
         _check_positive("temperature", temperature)
         self.temperature, self.normalize = temperature, normalize
+        self.block_size, self.gather_distributed = _check_block_size(block_size), gather_distributed
 
     def forward(self, query: Tensor, key: Tensor, negatives: Tensor | None = None) -> Tensor:
-        return info_nce_loss(query, key, negatives, self.temperature, self.normalize)
+        return info_nce_loss(query, key, negatives, self.temperature, self.normalize, block_size=self.block_size,
+                             gather_distributed=self.gather_distributed)

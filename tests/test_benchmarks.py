@@ -24,11 +24,19 @@ def run_script(*args: str) -> subprocess.CompletedProcess:
 def test_loss_benchmark_runs_and_agrees_with_references(tmp_path):
     out = tmp_path / "losses.json"
     # A memory budget (0.5 MB) that only pytorch-metric-learning's NTXentLoss, cubic in N, exceeds.
-    done = run_script(str(BENCH / "bench_losses.py"), "--quick", "--sizes", "16", "--repeats", "1",
-                      "--max-gb", "0.0005", "--out", str(out))
+    done = run_script(str(BENCH / "bench_losses.py"), "--quick", "--sizes", "16", "--tiled-sizes", "16", "32",
+                      "--repeats", "1", "--max-gb", "0.0005", "--out", str(out))
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
-    assert {b["group"] for b in result["groups"]} == {"nt_xent", "supcon_10", "supcon_100", "supcon_unlabelled"}
+    assert {b["group"] for b in result["groups"]} == {"nt_xent", "supcon_10", "supcon_100", "supcon_unlabelled",
+                                                      "nt_xent_tiled", "supcon_10_tiled"}
+    # Tiled against untiled: one row per group and size, and a memory line through the two sizes.
+    tiled = result["tiled"]
+    assert [(r["group"], r["n"]) for r in tiled["rows"]] == [("nt_xent_tiled", 16), ("nt_xent_tiled", 32),
+                                                             ("supcon_10_tiled", 16), ("supcon_10_tiled", 32)]
+    assert all(r["tiled_ms"] > 0 and r["untiled_ms"] > 0 and r["time_ratio"] > 0 for r in tiled["rows"])
+    assert set(tiled["fits_in_8gb"]) == {"nt_xent_tiled", "supcon_10_tiled"}
+    assert "| nt_xent_tiled | 32 | 64 |" in done.stdout
     for block in result["groups"]:
         clbook = block["entries"][0]
         assert clbook["impl"].startswith("clbook") and "skipped" not in clbook

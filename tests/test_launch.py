@@ -1,0 +1,75 @@
+"""``python -m clbook pretrain``: two CPU processes under torchrun for a few steps, then a resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clbook.launch import load_image_folder
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def torchrun() -> str:
+    found = Path(sys.executable).with_name("torchrun")
+    return str(found) if found.exists() else shutil.which("torchrun")
+
+
+def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_pretrain_two_processes_then_resume(tmp_path):
+    if torchrun() is None:
+        pytest.skip("torchrun not found")
+    ck, first, second = tmp_path / "ck.pt", tmp_path / "first.json", tmp_path / "second.json"
+    common = ["--method", "supcon", "--offline", "--limit", "96", "--batch-size", "16", "--checkpoint", str(ck)]
+    done = run([torchrun(), "--standalone", "--nproc_per_node=2", "-m", "clbook", "pretrain", *common,
+                "--epochs", "1", "--json", str(first)], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(first.read_text())
+    assert summary["processes"] == 2 and summary["global_batch"] == 32
+    assert summary["steps_per_epoch"] == 3  # 96 images / 2 processes / 16 per batch
+    assert len(summary["losses"]) == 1 and np.isfinite(summary["losses"][0])
+    assert 0.0 <= summary["linear_acc"] <= 1.0
+    assert done.stdout.count("epoch 1/1") == 1  # progress from rank 0 only
+    state = torch.load(ck, weights_only=False)
+    assert state["epoch"] == 1 and state["world_size"] == 2 and len(state["generators"]) == 2
+
+    done = run([sys.executable, "-m", "clbook", "pretrain", *common, "--epochs", "2", "--resume",
+                "--json", str(second)], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from" in done.stdout and "after epoch 1" in done.stdout
+    summary = json.loads(second.read_text())
+    assert len(summary["losses"]) == 2 and summary["losses"][0] == json.loads(first.read_text())["losses"][0]
+    assert torch.load(ck, weights_only=False)["epoch"] == 2
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path):
+    done = run([sys.executable, "-m", "clbook", "pretrain", "--resume", "--checkpoint", str(tmp_path / "none.pt")],
+               tmp_path)
+    assert done.returncode != 0 and "--resume needs an existing --checkpoint" in done.stderr
+
+
+def test_image_folder_becomes_28x28_grayscale(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("cats", "dogs"):
+        (tmp_path / cls).mkdir()
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+    split = load_image_folder(tmp_path, test_size=0.2)
+    assert split.X_train.shape[1:] == (1, 28, 28) and len(split.y_train) + len(split.y_test) == 10
+    assert split.classes == ["cats", "dogs"]
+    with pytest.raises(ValueError, match="does not exist"):
+        load_image_folder(tmp_path / "missing")
