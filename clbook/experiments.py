@@ -14,6 +14,7 @@ Typical use::
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -44,6 +45,7 @@ __all__ = [
     "reproduce",
     "format_table",
     "notes_pretrain",
+    "notes_pretrain_many",
     "HeadTrace",
     "notes_linear_head",
 ]
@@ -353,6 +355,108 @@ def notes_pretrain(
             total += loss.item() * len(idx)
         losses.append(total / n)
     encoder.eval()
+    return losses
+
+
+def _supcon_runs(z: Tensor, y: Tensor, temperature: float) -> Tensor:
+    """L_out (mean over anchors with positives) of S independent batches at once.
+
+    ``z`` is ``[S, B, D]`` (not normalized), ``y`` is ``[S, B]``; returns the S losses ``[S]``.
+    The same loss as :func:`clbook.losses.supcon_loss` on each ``(z[s], y[s])``, written with
+    plain tensor operations so that S runs share every operation.
+    """
+    z = F.normalize(z, dim=-1)
+    eye = torch.eye(z.shape[1], dtype=torch.bool)
+    logits = (z @ z.transpose(1, 2) / temperature).masked_fill(eye, float("-inf"))  # [S, B, B]
+    log_prob = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+    pos = (y[:, :, None] == y[:, None, :]) & ~eye
+    count = pos.sum(dim=-1)  # [S, B]
+    per_anchor = -torch.where(pos, log_prob, torch.zeros(())).sum(dim=-1) / count.clamp(min=1)
+    has = (count > 0).to(z.dtype)
+    return (per_anchor * has).sum(dim=-1) / has.sum(dim=-1).clamp(min=1)
+
+
+def notes_pretrain_many(
+    encoders: list[nn.Module],
+    X: Tensor,
+    y: Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    temperature: float,
+    seeds: list[int],
+) -> list[list[float]]:
+    """:func:`notes_pretrain` for S independent runs of one small architecture, computed together.
+
+    Run ``s`` trains ``encoders[s]`` on ``X[s]``, ``y[s]`` with the batch order of ``seeds[s]``,
+    exactly as ``notes_pretrain(encoders[s], X[s], y[s], ..., seed=seeds[s])`` would: its
+    parameters receive the gradient of its own loss only. The runs are stacked with
+    :func:`torch.func.stack_module_state` and evaluated with :func:`torch.vmap`, so every step is
+    one set of tensor operations for all S runs instead of S sets; for a network as small as the
+    notes' Iris MLP that is several times faster. Results agree with separate runs up to
+    floating-point rounding (which long SGD runs at a large learning rate can amplify).
+
+    Parameters
+    ----------
+    encoders : list of S nn.Module
+        Same architecture, no buffers that change in training; trained in place, left in eval mode.
+    X : Tensor, shape [S, N, ...]
+    y : Tensor, shape [S, N]
+    epochs, batch_size, lr, temperature
+        As in :func:`notes_pretrain`.
+    seeds : list of S int
+        Batch order of each run.
+
+    Returns
+    -------
+    list of S lists of float
+        Mean training loss of each epoch, per run.
+    """
+    from torch.func import functional_call, stack_module_state
+
+    n_runs = len(encoders)
+    if n_runs == 0 or len(seeds) != n_runs or X.shape[0] != n_runs or y.shape[:1] != (n_runs,):
+        raise ValueError(f"need as many encoders, seeds, X[s] and y[s]; got {n_runs} encoders, {len(seeds)} seeds, "
+                         f"X {tuple(X.shape)} and y {tuple(y.shape)}")
+    if y.dim() != 2 or y.shape[1] != X.shape[1]:
+        raise ValueError(f"y must have shape [{n_runs}, {X.shape[1]}], got {tuple(y.shape)}")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    for name, value in (("lr", lr), ("temperature", temperature)):
+        if not value > 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+    params, buffers = stack_module_state(encoders)  # leaves of shape [S, ...]
+    template = copy.deepcopy(encoders[0]).to("meta")
+
+    def forward(p: dict, b: dict, x: Tensor) -> Tensor:
+        return functional_call(template, (p, b), (x,))
+
+    batched = torch.vmap(forward)
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    opt = torch.optim.SGD(params.values(), lr=lr)
+    n, runs = X.shape[1], torch.arange(n_runs)[:, None]
+    losses: list[list[float]] = [[] for _ in range(n_runs)]
+    for epoch in range(1, epochs + 1):
+        perm = torch.stack([torch.randperm(n, generator=g) for g in gens])  # [S, N]
+        total = torch.zeros(n_runs)
+        for i in range(0, n, batch_size):
+            idx = perm[:, i : i + batch_size]
+            per_run = _supcon_runs(batched(params, buffers, X[runs, idx]), y[runs, idx], temperature)
+            if not torch.isfinite(per_run).all():
+                raise FloatingPointError(f"loss became {per_run.tolist()} in epoch {epoch}; lower lr?")
+            opt.zero_grad(set_to_none=True)
+            per_run.sum().backward()  # run s's parameters get d(loss_s) only
+            opt.step()
+            total += per_run.detach() * idx.shape[1]
+        for s in range(n_runs):
+            losses[s].append(total[s].item() / n)
+    with torch.no_grad():
+        for s, enc in enumerate(encoders):
+            for name, p in enc.named_parameters():
+                p.copy_(params[name][s])
+            enc.eval()
     return losses
 
 

@@ -8,7 +8,7 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from clbook.encoders import ENCODERS, NotesCNN, NotesMLP, make_encoder
-from clbook.experiments import HeadTrace, notes_linear_head, notes_pretrain
+from clbook.experiments import HeadTrace, notes_linear_head, notes_pretrain, notes_pretrain_many
 from clbook.reference import supcontrast_loss
 
 
@@ -136,7 +136,7 @@ def test_notes_head_first_full_batch_adam_step_moves_every_weight_by_lr():
 def test_notes_head_trained_long_matches_logistic_regression():
     X, y = blobs(n=300, spread=1.0, seed=2)
     X_test, y_test = X[200:], y[200:]
-    trace = notes_linear_head(X[:200], y[:200], {"test": (X_test, y_test)}, epochs=200, lr=0.01, score_every=13)
+    trace = notes_linear_head(X[:200], y[:200], {"test": (X_test, y_test)}, epochs=60, lr=0.02, score_every=13)
     sk = LogisticRegression(max_iter=2000).fit(X[:200].numpy(), y[:200].numpy())
     assert abs(trace.final("test") - sk.score(X_test.numpy(), y_test.numpy())) <= 0.03
 
@@ -157,3 +157,30 @@ def test_notes_head_checks_arguments():
     with pytest.raises(ValueError, match="score_every"):
         notes_linear_head(X, y, {}, score_every=0)
     assert np.isfinite(notes_linear_head(X, y, {"t": (X, y)}).final("t"))
+
+
+# ----------------------------------------------------------------------------- notes_pretrain_many
+
+
+def test_notes_pretrain_many_equals_separate_runs():
+    runs = [blobs(n=40, d=4, spread=1.0, seed=s) for s in range(3)]
+    X, y = torch.stack([r[0] for r in runs]), torch.stack([r[1] for r in runs])
+    together = [make_encoder("notes-mlp", seed=s) for s in range(3)]
+    losses = notes_pretrain_many(together, X, y, epochs=4, batch_size=16, lr=0.5, temperature=0.1, seeds=[0, 1, 2])
+    for s in range(3):
+        alone = make_encoder("notes-mlp", seed=s)
+        expected = notes_pretrain(alone, X[s], y[s], epochs=4, batch_size=16, lr=0.5, temperature=0.1, seed=s)
+        assert np.allclose(losses[s], expected, atol=1e-4)
+        for p, q in zip(together[s].parameters(), alone.parameters()):
+            assert torch.allclose(p, q, atol=1e-4)
+        assert not together[s].training
+
+
+def test_notes_pretrain_many_checks_arguments():
+    X, y = blobs(n=20, d=4)
+    encs = [make_encoder("notes-mlp", seed=s) for s in range(2)]
+    with pytest.raises(ValueError, match="as many"):
+        notes_pretrain_many(encs, X[None], y[None], epochs=1, batch_size=4, lr=0.1, temperature=0.1, seeds=[0, 1])
+    with pytest.raises(ValueError, match="temperature"):
+        notes_pretrain_many(encs, torch.stack([X, X]), torch.stack([y, y]), epochs=1, batch_size=4, lr=0.1,
+                            temperature=0.0, seeds=[0, 1])
