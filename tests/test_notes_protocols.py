@@ -1,0 +1,186 @@
+"""The lecture notes' encoders and protocols (notebooks 04 and 05), against independent references."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from torch import nn
+
+from clbook.encoders import ENCODERS, NotesCNN, NotesMLP, make_encoder
+from clbook.experiments import HeadTrace, notes_linear_head, notes_pretrain, notes_pretrain_many
+from clbook.reference import supcontrast_loss
+
+
+def blobs(n=120, d=6, classes=3, spread=2.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, d, generator=g) * spread
+    y = torch.arange(n) % classes
+    return centres[y] + torch.randn(n, d, generator=g), y
+
+
+# ----------------------------------------------------------------------------- encoders
+
+
+def test_notes_encoders_registered_and_seeded():
+    assert ENCODERS["notes-mlp"] is NotesMLP and ENCODERS["notes-cnn"] is NotesCNN
+    for kind in ("notes-mlp", "notes-cnn"):
+        a, b = make_encoder(kind, seed=3), make_encoder(kind, seed=3)
+        assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_notes_mlp_is_linear_tanh_linear():
+    enc = make_encoder("notes-mlp", seed=0)
+    x = torch.randn(7, 4)
+    first, last = enc.net[0], enc.net[2]
+    expected = torch.tanh(x @ first.weight.T + first.bias) @ last.weight.T + last.bias
+    assert enc(x).shape == (7, 6)
+    assert torch.allclose(enc(x), expected, atol=1e-6)
+    assert sum(p.numel() for p in enc.parameters()) == 4 * 10 + 10 + 10 * 6 + 6
+
+
+def test_notes_cnn_matches_functional_form_and_is_non_negative():
+    enc = make_encoder("notes-cnn", seed=1).eval()
+    x = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    conv1, conv2 = enc.features[0], enc.features[3]
+    h = F.max_pool2d(F.relu(F.conv2d(x, conv1.weight.contiguous(), conv1.bias, padding=1)), 2)
+    h = F.max_pool2d(F.relu(F.conv2d(h, conv2.weight.contiguous(), conv2.bias, padding=1)), 2)
+    expected = F.relu(F.linear(h.reshape(5, -1), enc.fc.weight, enc.fc.bias))
+    with torch.no_grad():
+        out = enc(x)
+    assert out.shape == (5, 128) and (out >= 0).all()
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("enc, bad", [(NotesMLP(), torch.randn(3, 5)), (NotesCNN(), torch.rand(3, 28, 28))])
+def test_notes_encoders_check_input(enc, bad):
+    with pytest.raises(ValueError, match="expects input of shape"):
+        enc(bad)
+
+
+# ----------------------------------------------------------------------------- notes_pretrain
+
+
+def test_notes_pretrain_one_full_batch_step_is_plain_sgd_on_the_reference_loss():
+    X, y = blobs(n=12)
+    enc = make_encoder("notes-mlp", in_dim=6, seed=0)
+    ref = make_encoder("notes-mlp", in_dim=6, seed=0)
+    notes_pretrain(enc, X, y, epochs=1, batch_size=12, lr=0.5, temperature=0.3, seed=0)
+    # Independent step: the SupContrast reference algorithm (every class has >= 2 samples, so
+    # its mean over all anchors is clbook's), then p <- p - lr * grad by hand.
+    z = F.normalize(ref(X), dim=1)
+    loss = supcontrast_loss(z[:, None, :], y, temperature=0.3, base_temperature=0.3)
+    grads = torch.autograd.grad(loss, list(ref.parameters()))
+    for p, p0, g in zip(enc.parameters(), ref.parameters(), grads):
+        assert torch.allclose(p, p0 - 0.5 * g, atol=1e-5)
+    assert not enc.training
+
+
+def test_notes_pretrain_keeps_the_last_small_batch_and_learns():
+    X, y = blobs(n=40, spread=1.0)
+    sizes = []
+
+    class Recording(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = make_encoder("notes-mlp", in_dim=6, seed=0)
+
+        def forward(self, x):
+            sizes.append(x.shape[0])
+            return self.inner(x)
+
+    enc = Recording()
+    losses = notes_pretrain(enc, X, y, epochs=30, batch_size=16, lr=0.5, temperature=0.1, seed=0)
+    assert sizes[:3] == [16, 16, 8] and len(sizes) == 3 * 30  # a DataLoader without drop_last
+    assert len(losses) == 30 and losses[-1] < losses[0]
+
+
+def test_notes_pretrain_checks_arguments():
+    X, y = blobs(n=20)
+    enc = make_encoder("notes-mlp", in_dim=6, seed=0)
+    with pytest.raises(ValueError, match="y must have shape"):
+        notes_pretrain(enc, X, y[:5], epochs=1, batch_size=4, lr=0.1, temperature=0.1)
+    with pytest.raises(ValueError, match="batch_size"):
+        notes_pretrain(enc, X, y, epochs=1, batch_size=0, lr=0.1, temperature=0.1)
+    with pytest.raises(ValueError, match="lr"):
+        notes_pretrain(enc, X, y, epochs=1, batch_size=4, lr=0.0, temperature=0.1)
+    with pytest.raises(ValueError, match="temperature"):
+        notes_pretrain(enc, X, y, epochs=1, batch_size=4, lr=0.1, temperature=-1.0)
+
+
+# ----------------------------------------------------------------------------- notes_linear_head
+
+
+def test_notes_head_scores_after_every_few_steps_and_at_the_end():
+    X, y = blobs(n=105)
+    trace = notes_linear_head(X, y, {"train": (X, y)}, epochs=1, batch_size=16, score_every=2)
+    assert trace.steps == [2, 4, 6, 7]  # 105 = 6 * 16 + 9: seven steps, the last one scored too
+    with torch.no_grad():
+        final = (trace.head(X).argmax(1) == y).float().mean().item()
+    assert trace.final("train") == final
+
+
+def test_notes_head_first_full_batch_adam_step_moves_every_weight_by_lr():
+    # Adam's first update is lr * m / (sqrt(v) + eps) = lr * sign(grad), whatever the feature scale.
+    X, y = blobs(n=30)
+    X = X * 100.0  # unnormalized features are used as they come
+    trace = notes_linear_head(X, y, {}, epochs=1, batch_size=30, lr=0.1, seed=4)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(4)
+        start = nn.Linear(6, 3)
+    grad_w, grad_b = torch.autograd.grad(F.cross_entropy(start(X), y), [start.weight, start.bias])
+    assert torch.allclose(trace.head.weight, start.weight - 0.1 * grad_w.sign(), atol=1e-5)
+    assert torch.allclose(trace.head.bias, start.bias - 0.1 * grad_b.sign(), atol=1e-5)
+
+
+def test_notes_head_trained_long_matches_logistic_regression():
+    X, y = blobs(n=300, spread=1.0, seed=2)
+    X_test, y_test = X[200:], y[200:]
+    trace = notes_linear_head(X[:200], y[:200], {"test": (X_test, y_test)}, epochs=60, lr=0.02, score_every=13)
+    sk = LogisticRegression(max_iter=2000).fit(X[:200].numpy(), y[:200].numpy())
+    assert abs(trace.final("test") - sk.score(X_test.numpy(), y_test.numpy())) <= 0.03
+
+
+def test_head_trace_selection_rules():
+    trace = HeadTrace([1, 2, 3], {"val": [0.5, 0.9, 0.9], "test": [0.8, 0.6, 0.7]}, nn.Linear(1, 1))
+    assert trace.best("test") == 0.8  # the notes' rule: the best test score over all steps
+    assert trace.chosen_on("val", "test") == 0.6  # the first step with the best validation score
+    assert trace.final("test") == 0.7
+
+
+def test_notes_head_checks_arguments():
+    X, y = blobs(n=20)
+    with pytest.raises(ValueError, match="train_feats"):
+        notes_linear_head(X, y[:3], {})
+    with pytest.raises(ValueError, match="score"):
+        notes_linear_head(X, y, {"test": (X[:, :2], y)})
+    with pytest.raises(ValueError, match="score_every"):
+        notes_linear_head(X, y, {}, score_every=0)
+    assert np.isfinite(notes_linear_head(X, y, {"t": (X, y)}).final("t"))
+
+
+# ----------------------------------------------------------------------------- notes_pretrain_many
+
+
+def test_notes_pretrain_many_equals_separate_runs():
+    runs = [blobs(n=40, d=4, spread=1.0, seed=s) for s in range(3)]
+    X, y = torch.stack([r[0] for r in runs]), torch.stack([r[1] for r in runs])
+    together = [make_encoder("notes-mlp", seed=s) for s in range(3)]
+    losses = notes_pretrain_many(together, X, y, epochs=4, batch_size=16, lr=0.5, temperature=0.1, seeds=[0, 1, 2])
+    for s in range(3):
+        alone = make_encoder("notes-mlp", seed=s)
+        expected = notes_pretrain(alone, X[s], y[s], epochs=4, batch_size=16, lr=0.5, temperature=0.1, seed=s)
+        assert np.allclose(losses[s], expected, atol=1e-4)
+        for p, q in zip(together[s].parameters(), alone.parameters()):
+            assert torch.allclose(p, q, atol=1e-4)
+        assert not together[s].training
+
+
+def test_notes_pretrain_many_checks_arguments():
+    X, y = blobs(n=20, d=4)
+    encs = [make_encoder("notes-mlp", seed=s) for s in range(2)]
+    with pytest.raises(ValueError, match="as many"):
+        notes_pretrain_many(encs, X[None], y[None], epochs=1, batch_size=4, lr=0.1, temperature=0.1, seeds=[0, 1])
+    with pytest.raises(ValueError, match="temperature"):
+        notes_pretrain_many(encs, torch.stack([X, X]), torch.stack([y, y]), epochs=1, batch_size=4, lr=0.1,
+                            temperature=0.0, seeds=[0, 1])
