@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MLPEncoder", "ConvEncoder", "FCEncoder", "ProjectionHead", "make_encoder", "ENCODERS"]
+__all__ = ["MLPEncoder", "ConvEncoder", "FCEncoder", "ProjectionHead", "Prototypes", "make_encoder", "ENCODERS"]
 
 
 def _check_input(x: Tensor, trailing: tuple[int, ...], name: str) -> None:
@@ -116,6 +116,47 @@ class ProjectionHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+
+class Prototypes(nn.Module):
+    """SwAV's prototypes: K trainable unit vectors, scored against embeddings by a bias-free linear map.
+
+    ``forward(z)`` is ``z @ weight.T``: with unit-length rows ``z`` the scores are cosine
+    similarities in [-1, 1]. The rows of ``weight`` start on the unit sphere; after every
+    optimizer step the training loop calls :meth:`normalize_` to put them back there (SwAV
+    does the same), so a prototype cannot win samples just by growing longer.
+
+    Parameters
+    ----------
+    dim : int
+        Embedding size D.
+    k : int
+        Number of prototypes K.
+
+    Shapes: input ``[N, dim]``, output ``[N, k]``; ``weight`` is ``[k, dim]``.
+    """
+
+    def __init__(self, dim: int, k: int) -> None:
+        super().__init__()
+        for name, value in (("dim", dim), ("k", k)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.dim, self.k = dim, k
+        self.weight = nn.Parameter(torch.randn(k, dim))
+        self.normalize_()
+
+    @torch.no_grad()
+    def normalize_(self) -> "Prototypes":
+        """Project every prototype back onto the unit sphere, in place (no gradient recorded)."""
+        self.weight.div_(torch.linalg.vector_norm(self.weight, dim=1, keepdim=True).clamp_min(1e-12))
+        return self
+
+    def forward(self, z: Tensor) -> Tensor:
+        _check_input(z, (self.dim,), type(self).__name__)
+        return z @ self.weight.T
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, k={self.k}"
 
 
 ENCODERS = {"mlp": MLPEncoder, "cnn": ConvEncoder, "fc": FCEncoder}
