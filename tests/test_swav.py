@@ -130,3 +130,114 @@ def test_prototypes_bad_sizes(dim, k):
 def test_prototypes_bad_input_shape():
     with pytest.raises(ValueError, match=r"\[N, 4\]"):
         Prototypes(4, 3)(torch.randn(5, 6))
+
+
+# ----------------------------------------------------------------------------- the "swav" method
+
+
+def blobs(n=192, d=8, classes=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = 3 * torch.randn(classes, d, generator=g)
+    y = torch.arange(n) % classes
+    return centres[y] + torch.randn(n, d, generator=g), y
+
+
+def noise(x, g):
+    return x + 0.2 * torch.randn(x.shape, generator=g)
+
+
+def small_setup():
+    from clbook.encoders import ProjectionHead, make_encoder
+
+    torch.manual_seed(0)
+    return make_encoder("mlp", in_dim=8, seed=0), ProjectionHead(16, 16, 8)
+
+
+def test_swav_is_registered_and_checks_options():
+    from clbook.methods import METHODS, SwAV, make_method
+
+    assert METHODS["swav"] is SwAV
+    m = make_method("swav", temperature=0.2, n_prototypes=6)
+    assert isinstance(m, SwAV) and m.temperature == 0.2 and m.n_prototypes == 6
+    with pytest.raises(ValueError, match="no option"):
+        make_method("swav", queue=3)
+    for bad in (dict(n_prototypes=1), dict(epsilon=0.0), dict(temperature=-1.0), dict(sinkhorn_iterations=-1),
+                dict(freeze_epochs=1.5)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            SwAV(**bad)
+
+
+def test_swav_codes_are_the_sinkhorn_assignment_of_the_scores():
+    from clbook.methods import SwAV
+
+    encoder, head = small_setup()
+    m = SwAV(n_prototypes=4, epsilon=0.1, sinkhorn_iterations=5)
+    m.setup(encoder, head)
+    assert m.prototypes.weight.shape == (4, 8)  # dim read from the head's last layer
+    X, _ = blobs(n=32)
+    scores = m.scores(head(encoder(X)))
+    torch.testing.assert_close(scores, F.normalize(head(encoder(X)), dim=1) @ m.prototypes.weight.T)
+    codes = m.codes(scores)
+    assert not codes.requires_grad
+    torch.testing.assert_close(codes, sinkhorn_knopp(scores.detach(), 0.1, 5))
+
+
+def test_pretrain_swav_freezes_then_trains_prototypes_on_the_sphere():
+    from clbook.methods import SwAV
+    from clbook.training import pretrain
+
+    class Recording(SwAV):
+        def setup(self, encoder, head):
+            super().setup(encoder, head)
+            self.initial = self.prototypes.weight.detach().clone()
+
+    X, y = blobs()
+    encoder, head = small_setup()
+    m = Recording(n_prototypes=4, freeze_epochs=1)
+    seen = []
+
+    def watch(_encoder, epoch):
+        seen.append(m.prototypes.weight.detach().clone())
+        return {}
+
+    h = pretrain(encoder, head, X, method=m, augment=noise, epochs=3, batch_size=64, lr=1e-2, progress=False,
+                 on_epoch_end=watch)
+    assert all(np.isfinite(h.loss)) and len(h.loss) == 3
+    torch.testing.assert_close(seen[0], m.initial)  # frozen through epoch 1
+    assert not torch.allclose(seen[1], seen[0])  # trained from epoch 2 on
+    for w in seen:
+        torch.testing.assert_close(w.norm(dim=1), torch.ones(4))
+    assert set(h.metrics) == {"prototypes_used", "code_entropy"}
+    assert all(1 <= v <= 4 for v in h.metrics["prototypes_used"])
+    assert all(0 <= v <= math.log(4) + 1e-6 for v in h.metrics["code_entropy"])
+
+
+def test_pretrain_swav_by_name_learns_the_blobs():
+    from sklearn.metrics import adjusted_rand_score
+
+    from clbook.methods import SwAV
+    from clbook.training import pretrain
+
+    X, y = blobs(n=256)
+    encoder, head = small_setup()
+    m = SwAV(n_prototypes=4)
+    before = adjusted_rand_score(y, (F.normalize(head(encoder(X)), dim=1) @ Prototypes(8, 4).weight.T).argmax(1))
+    pretrain(encoder, head, X, method=m, augment=noise, epochs=8, batch_size=64, lr=1e-2, progress=False)
+    training = encoder.training, head.training
+    labels = m.assign(encoder, head, X)
+    assert (encoder.training, head.training) == training  # modes restored
+    assert labels.shape == (256,) and labels.dtype == torch.int64
+    assert adjusted_rand_score(y, labels) > max(0.8, before + 0.3)
+    # The by-name route builds the same method from options.
+    encoder2, head2 = small_setup()
+    h = pretrain(encoder2, head2, X, method="swav", method_options={"n_prototypes": 4}, augment=noise, epochs=1,
+                 batch_size=64, progress=False)
+    assert "prototypes_used" in h.metrics
+
+
+def test_assign_before_setup_is_a_clear_error():
+    from clbook.methods import SwAV
+
+    encoder, head = small_setup()
+    with pytest.raises(RuntimeError, match="setup"):
+        SwAV().assign(encoder, head, torch.randn(4, 8))
