@@ -107,12 +107,17 @@ class FCEncoder(nn.Module):
 class ProjectionHead(nn.Module):
     """MLP head ``in_dim -> hidden -> out_dim`` on which the contrastive loss is computed.
 
+    ``batch_norm=True`` puts a BatchNorm after the hidden linear layer (as SwAV's head does): the
+    hidden units are then centred over the batch, so that even an untrained head spreads the
+    embeddings over the sphere instead of bunching them around one direction.
+
     Shapes: input ``[N, in_dim]``, output ``[N, out_dim]`` (not normalized; the losses do that).
     """
 
-    def __init__(self, in_dim: int = 128, hidden: int = 128, out_dim: int = 64) -> None:
+    def __init__(self, in_dim: int = 128, hidden: int = 128, out_dim: int = 64, batch_norm: bool = False) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
+        norm = [nn.BatchNorm1d(hidden)] if batch_norm else []
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), *norm, nn.ReLU(), nn.Linear(hidden, out_dim))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
