@@ -19,6 +19,7 @@ __all__ = [
     "NotesCNN",
     "ProjectionHead",
     "PredictionHead",
+    "Prototypes",
     "make_encoder",
     "ENCODERS",
 ]
@@ -224,6 +225,47 @@ class PredictionHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, (self.dim,), type(self).__name__)
         return self.net(x)
+
+
+class Prototypes(nn.Module):
+    """SwAV's prototypes: K trainable unit vectors, scored against embeddings by a bias-free linear map.
+
+    ``forward(z)`` is ``z @ weight.T``: with unit-length rows ``z`` the scores are cosine
+    similarities in [-1, 1]. The rows of ``weight`` start on the unit sphere; after every
+    optimizer step the training loop calls :meth:`normalize_` to put them back there (SwAV
+    does the same), so a prototype cannot win samples just by growing longer.
+
+    Parameters
+    ----------
+    dim : int
+        Embedding size D.
+    k : int
+        Number of prototypes K.
+
+    Shapes: input ``[N, dim]``, output ``[N, k]``; ``weight`` is ``[k, dim]``.
+    """
+
+    def __init__(self, dim: int, k: int) -> None:
+        super().__init__()
+        for name, value in (("dim", dim), ("k", k)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.dim, self.k = dim, k
+        self.weight = nn.Parameter(torch.randn(k, dim))
+        self.normalize_()
+
+    @torch.no_grad()
+    def normalize_(self) -> "Prototypes":
+        """Project every prototype back onto the unit sphere, in place (no gradient recorded)."""
+        self.weight.div_(torch.linalg.vector_norm(self.weight, dim=1, keepdim=True).clamp_min(1e-12))
+        return self
+
+    def forward(self, z: Tensor) -> Tensor:
+        _check_input(z, (self.dim,), type(self).__name__)
+        return z @ self.weight.T
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, k={self.k}"
 
 
 ENCODERS = {"mlp": MLPEncoder, "cnn": ConvEncoder, "fc": FCEncoder, "notes-mlp": NotesMLP, "notes-cnn": NotesCNN}

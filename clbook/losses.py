@@ -1,5 +1,6 @@
 """Contrastive losses: DrLIM margin loss, triplet loss, NT-Xent (SimCLR), SupCon and InfoNCE (MoCo);
-and the losses without negatives of SimSiam (negative cosine) and BYOL (normalized MSE).
+the losses without negatives of SimSiam (negative cosine) and BYOL (normalized MSE); and SwAV's
+swapped prediction.
 
 Conventions shared by every function here
 -----------------------------------------
@@ -42,6 +43,7 @@ __all__ = [
     "info_nce_loss",
     "negative_cosine_loss",
     "normalized_mse_loss",
+    "swav_loss",
     "MarginContrastiveLoss",
     "TripletMarginLoss",
     "NTXentLoss",
@@ -1065,6 +1067,53 @@ def normalized_mse_loss(p: Tensor, z: Tensor, stop_gradient: bool = True) -> Ten
     # The distance of the unit vectors, not 2 - 2 cos: identical rows then give exactly 0.
     loss = (F.normalize(p, dim=1) - F.normalize(z, dim=1)).pow(2).sum(dim=1).mean()
     return _result(loss, dtype, "normalized_mse_loss")
+
+
+# ----------------------------------------------------------------------------- SwAV
+
+
+def swav_loss(scores1: Tensor, scores2: Tensor, q1: Tensor, q2: Tensor, temperature: float = 0.1) -> Tensor:
+    r"""SwAV's swapped prediction (Caron et al., 2020): each view predicts the other view's code.
+
+    With prototype scores :math:`s` (cosine similarities of a view's embedding with K prototypes)
+    and codes :math:`q` (soft assignments, e.g. from :func:`clbook.cluster.sinkhorn_knopp`),
+
+    .. math:: \ell(s, q) = -\sum_k q_k \log \operatorname{softmax}(s / \tau)_k, \qquad
+              L = \tfrac12 \operatorname{mean}_i \big[\ell(s^{(1)}_i, q^{(2)}_i) + \ell(s^{(2)}_i, q^{(1)}_i)\big].
+
+    The codes are targets: they are detached, so the gradient reaches only the scores (and
+    through them the encoder and the prototypes). If both views agree perfectly the loss is the
+    entropy of the codes, not zero.
+
+    Parameters
+    ----------
+    scores1, scores2 : Tensor, shape [B, K]
+        Prototype scores of the two views; row i of each belongs to sample i.
+    q1, q2 : Tensor, shape [B, K]
+        Codes of the two views: non-negative, rows normally summing to one.
+    temperature : float, default 0.1
+        Softmax temperature of the prediction, positive.
+
+    Returns
+    -------
+    Tensor, shape []
+        The mean of the two cross-entropies (SwAV's code averages over its views the same way).
+        Half-precision scores are computed in float32 and the result cast back.
+    """
+    for name, t in (("scores1", scores1), ("scores2", scores2), ("q1", q1), ("q2", q2)):
+        _check_embeddings(name, t)
+    _check_same_shape(("scores1", "scores2", "q1", "q2"), (scores1, scores2, q1, q2))
+    _check_positive("temperature", temperature)
+    if bool((q1 < 0).any()) or bool((q2 < 0).any()):
+        raise ValueError("codes q1 and q2 must be non-negative (assignments, not scores)")
+    dtype = torch.promote_types(scores1.dtype, scores2.dtype)
+    work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+    def predict(scores: Tensor, code: Tensor) -> Tensor:
+        log_p = F.log_softmax(scores.to(work) / temperature, dim=1)
+        return -(code.detach().to(work) * log_p).sum(dim=1).mean()
+
+    return (0.5 * (predict(scores1, q2) + predict(scores2, q1))).to(dtype)
 
 
 # ----------------------------------------------------------------------------- nn.Module wrappers

@@ -34,7 +34,7 @@ def test_reproduce_quick_writes_json_rows(small_mnist, tmp_path, capsys):
         ("iris", "mlp", "supcon"), ("iris", "mlp", "random"),
         ("mnist", "cnn", "supcon"), ("mnist", "cnn", "simclr"), ("mnist", "cnn", "random"),
         ("mnist", "fc", "supcon"), ("mnist", "fc", "random"), ("mnist", "cnn", "moco"),
-        ("mnist", "cnn", "simsiam"), ("mnist", "cnn", "byol"),
+        ("mnist", "cnn", "simsiam"), ("mnist", "cnn", "byol"), ("mnist", "cnn", "swav"),
     ]
     for r in rows:
         assert set(r) == KEYS
@@ -47,7 +47,7 @@ def test_reproduce_quick_writes_json_rows(small_mnist, tmp_path, capsys):
             assert r["alignment"] is None
     assert {r["data"] for r in rows if r["dataset"] == "mnist"} == {"mnist-t10k-shipped"}
     printed = capsys.readouterr().out
-    assert "linear %" in printed and printed.count("mnist-t10k-shipped") == 8
+    assert "linear %" in printed and printed.count("mnist-t10k-shipped") == 9
     assert "align" in printed and "unif" in printed
 
 
@@ -83,3 +83,20 @@ def test_combine_seeds_means_and_spreads_against_numpy():
     assert row.knn_all == [0.94, 0.93, 0.95]
     with pytest.raises(ValueError, match="different experiments"):
         experiments.combine_seeds(runs + [Result("mnist", "cnn", "random", 0.9, 0.9, 1.0, "mnist-t10k-shipped")])
+
+
+def test_train_mnist_swav_keeps_head_and_prototypes_of_the_kept_epoch(small_mnist):
+    """Same encoder as the reproduce row's, plus the head (with BatchNorm) and the prototypes."""
+    import torch
+
+    split = small_mnist
+    encoder, history, head, method = experiments.train_mnist_swav("cnn", split, seed=0, progress=False, epochs=2,
+                                                                 batch_size=128)
+    same, _ = experiments.train_mnist_encoder("cnn", "swav", split, seed=0, progress=False, epochs=2, batch_size=128)
+    for (name, a), b in zip(encoder.state_dict().items(), same.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in head.modules()) and not head.training
+    assert len(history.loss) == 2 and 1 <= history.best_epoch <= 2
+    torch.testing.assert_close(method.prototypes.weight.norm(dim=1), torch.ones(10))
+    labels = method.assign(encoder, head, split.X_test)
+    assert labels.shape == (len(split.y_test),) and int(labels.max()) < 10
