@@ -1103,17 +1103,16 @@ def swav_loss(scores1: Tensor, scores2: Tensor, q1: Tensor, q2: Tensor, temperat
     for name, t in (("scores1", scores1), ("scores2", scores2), ("q1", q1), ("q2", q2)):
         _check_embeddings(name, t)
     _check_same_shape(("scores1", "scores2", "q1", "q2"), (scores1, scores2, q1, q2))
-    _check_positive("temperature", temperature)
+    temperature = _check_positive("temperature", temperature)
     if bool((q1 < 0).any()) or bool((q2 < 0).any()):
         raise ValueError("codes q1 and q2 must be non-negative (assignments, not scores)")
-    dtype = torch.promote_types(scores1.dtype, scores2.dtype)
-    work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    (scores1, scores2), dtype = _to_float32(scores1, scores2)
 
     def predict(scores: Tensor, code: Tensor) -> Tensor:
-        log_p = F.log_softmax(scores.to(work) / temperature, dim=1)
-        return -(code.detach().to(work) * log_p).sum(dim=1).mean()
+        log_p = F.log_softmax(scores / temperature, dim=1)
+        return -(code.detach().to(log_p.dtype) * log_p).sum(dim=1).mean()
 
-    return (0.5 * (predict(scores1, q2) + predict(scores2, q1))).to(dtype)
+    return _result(0.5 * (predict(scores1, q2) + predict(scores2, q1)), dtype, "swav_loss")
 
 
 # ----------------------------------------------------------------------------- nn.Module wrappers
