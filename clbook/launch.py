@@ -2,7 +2,7 @@
 
 One process::
 
-    python -m clbook pretrain --method simclr --epochs 15
+    python -m clbook pretrain --method simclr --epochs 15      # or supcon, or moco
 
 K processes on one machine (gloo on CPU, nccl when there are GPUs, chosen automatically)::
 
@@ -14,25 +14,31 @@ computed with ``gather_distributed=True``: every process's embeddings are negati
 other's, so K processes with ``--batch-size B`` train exactly like one process with a batch of
 K * B (tests/test_distributed.py checks this to 1e-5). Rank 0 shows the progress bar, writes the
 checkpoint after every epoch and runs the final linear probe; ``--resume`` continues from the
-checkpoint. Everything lives on the device of the data: ``cuda:LOCAL_RANK`` when CUDA is there,
+checkpoint. With ``--method moco`` the key network is a momentum copy of the network on every
+rank (the ranks stay identical, since DDP keeps the online weights identical), the queries of every
+rank meet the keys of every rank, and the queue receives the whole global batch's keys, so every
+rank's queue holds the same negatives. Everything lives on the device of the data: ``cuda:LOCAL_RANK`` when CUDA is there,
 else the CPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from clbook.data import LIGHT_AUGMENT, SIMCLR_AUGMENT, Split, load_mnist
 from clbook.encoders import ProjectionHead, make_encoder
-from clbook.losses import nt_xent_loss, supcon_loss
+from clbook.losses import info_nce_loss, nt_xent_loss, supcon_loss
+from clbook.memory import FeatureQueue, momentum_update
 from clbook.training import evaluate_frozen, extract_features
 
 __all__ = ["METHOD_DEFAULTS", "load_image_folder", "setup_distributed", "run_pretrain", "add_arguments"]
@@ -41,6 +47,7 @@ __all__ = ["METHOD_DEFAULTS", "load_image_folder", "setup_distributed", "run_pre
 METHOD_DEFAULTS = {
     "simclr": {"temperature": 0.2, "augment": SIMCLR_AUGMENT},
     "supcon": {"temperature": 0.1, "augment": LIGHT_AUGMENT},
+    "moco": {"temperature": 0.2, "augment": SIMCLR_AUGMENT},
 }
 
 
@@ -109,6 +116,10 @@ def run_pretrain(args: argparse.Namespace) -> dict:
     Returns the summary (also written to ``--json`` on rank 0): method, processes, global batch,
     epochs, steps, final training loss, linear-probe and kNN accuracy on the held-out part.
     """
+    if args.method == "moco" and not (0.0 <= args.momentum <= 1.0):
+        raise ValueError(f"--momentum must be in [0, 1], got {args.momentum}")
+    if args.method == "moco" and args.queue_size < 1:
+        raise ValueError(f"--queue-size must be positive, got {args.queue_size}")
     rank, world, device = setup_distributed()
     main = rank == 0
     defaults = METHOD_DEFAULTS[args.method]
@@ -139,6 +150,9 @@ def run_pretrain(args: argparse.Namespace) -> dict:
     opt = torch.optim.Adam(network.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, args.epochs * steps_per_epoch))
     gen = torch.Generator().manual_seed(args.seed * 1000 + rank)  # each rank draws its own augmentations
+    # MoCo: a key network that follows the network by momentum, and a queue of earlier keys.
+    key_network = copy.deepcopy(network).requires_grad_(False) if args.method == "moco" else None
+    queue = FeatureQueue(args.queue_size, 64).to(device) if args.method == "moco" else None
 
     start_epoch, losses = 1, []
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
@@ -152,6 +166,9 @@ def run_pretrain(args: argparse.Namespace) -> dict:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         gen.set_state(state["generators"][rank % len(state["generators"])])
+        if key_network is not None:
+            key_network.load_state_dict(state["key_network"])
+            queue.load_state_dict(state["queue"])
         start_epoch, losses = state["epoch"] + 1, state["losses"]
         if main:
             print(f"resumed from {checkpoint} after epoch {state['epoch']}")
@@ -170,13 +187,28 @@ def run_pretrain(args: argparse.Namespace) -> dict:
                    mininterval=1.0)
         for xb, yb in bar:
             xb, yb = xb.to(device), yb.to(device)
-            views = torch.cat([augment(xb, gen), augment(xb, gen)])  # [2B, 1, 28, 28], one forward
-            z = model(views).view(2, len(xb), -1).transpose(0, 1)  # [B, 2, D]
-            loss = _loss(args.method, z, yb, temperature)  # the whole global batch's loss, on every rank
+            if key_network is None:
+                views = torch.cat([augment(xb, gen), augment(xb, gen)])  # [2B, 1, 28, 28], one forward
+                z = model(views).view(2, len(xb), -1).transpose(0, 1)  # [B, 2, D]
+                loss = _loss(args.method, z, yb, temperature)  # the whole global batch's loss, on every rank
+            else:
+                q = model(augment(xb, gen))  # [B, D]
+                with torch.no_grad():
+                    key_network.train()
+                    k = F.normalize(key_network(augment(xb, gen)), dim=1)  # [B, D], constants
+                negatives = queue.features() if len(queue) else None
+                loss = info_nce_loss(q, k, negatives, temperature, gather_distributed=True)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
+            if key_network is not None:
+                momentum_update(key_network, network, args.momentum)
+                if world > 1:  # every rank enqueues the whole global batch's keys, in rank order
+                    parts = [torch.empty_like(k) for _ in range(world)]
+                    torch.distributed.all_gather(parts, k)
+                    k = torch.cat(parts)
+                queue.enqueue(k)
             total, batches = total + loss.detach(), batches + 1
             if main and args.progress:
                 bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
@@ -193,7 +225,9 @@ def run_pretrain(args: argparse.Namespace) -> dict:
             tmp = checkpoint.with_suffix(checkpoint.suffix + ".tmp")
             torch.save({"method": args.method, "epoch": epoch, "losses": losses, "network": network.state_dict(),
                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "generators": states,
-                        "world_size": world, "args": vars(args)}, tmp)
+                        "world_size": world, "args": vars(args),
+                        "key_network": key_network.state_dict() if key_network is not None else None,
+                        "queue": queue.state_dict() if queue is not None else None}, tmp)
             tmp.replace(checkpoint)  # atomic: an interrupted save never leaves half a checkpoint
     seconds = time.perf_counter() - started
 
@@ -220,7 +254,7 @@ def run_pretrain(args: argparse.Namespace) -> dict:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``python -m clbook pretrain``."""
     parser.add_argument("--method", choices=sorted(METHOD_DEFAULTS), default="simclr",
-                        help="simclr (NT-Xent, no labels) or supcon (labels)")
+                        help="simclr (NT-Xent, no labels), supcon (labels) or moco (queue and momentum encoder)")
     parser.add_argument("--images", metavar="DIR", help="a folder of images, one subfolder per class (default: MNIST)")
     parser.add_argument("--data", metavar="DIR", help="MNIST data directory (default: CLBOOK_DATA or <repo>/data)")
     parser.add_argument("--offline", action="store_true",
@@ -229,7 +263,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=256, help="per process; the global batch is K times it")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--temperature", type=float, help="default: 0.2 for simclr, 0.1 for supcon")
+    parser.add_argument("--temperature", type=float, help="default: 0.2 for simclr and moco, 0.1 for supcon")
+    parser.add_argument("--queue-size", type=int, default=4096, help="moco: keys kept as negatives")
+    parser.add_argument("--momentum", type=float, default=0.99, help="moco: momentum of the key network")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint", metavar="FILE", help="save after every epoch (rank 0)")
     parser.add_argument("--resume", action="store_true", help="continue from --checkpoint")

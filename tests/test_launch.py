@@ -73,3 +73,24 @@ def test_image_folder_becomes_28x28_grayscale(tmp_path):
     assert split.classes == ["cats", "dogs"]
     with pytest.raises(ValueError, match="does not exist"):
         load_image_folder(tmp_path / "missing")
+
+
+def test_pretrain_moco_two_processes_share_one_queue(tmp_path):
+    """MoCo under torchrun: every rank enqueues the global batch's keys; the run resumes with its queue."""
+    if torchrun() is None:
+        pytest.skip("torchrun not found")
+    ck, out = tmp_path / "ck.pt", tmp_path / "moco.json"
+    common = ["--method", "moco", "--offline", "--limit", "96", "--batch-size", "16", "--queue-size", "128",
+              "--checkpoint", str(ck)]
+    done = run([torchrun(), "--standalone", "--nproc_per_node=2", "-m", "clbook", "pretrain", *common,
+                "--epochs", "1", "--json", str(out)], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(out.read_text())
+    assert summary["method"] == "moco" and np.isfinite(summary["losses"][0])
+    queue = torch.load(ck, weights_only=False)["queue"]
+    assert int(queue["count"]) == 3 * 32  # 3 steps of a global batch of 2 x 16 keys
+    keys = queue["queue"][:96]
+    torch.testing.assert_close(keys.norm(dim=1), torch.ones(96))  # normalized keys, no empty rows
+    done = run([sys.executable, "-m", "clbook", "pretrain", *common, "--epochs", "2", "--resume"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert int(torch.load(ck, weights_only=False)["queue"]["count"]) == 128  # + 6 steps of 16: full
