@@ -686,8 +686,8 @@ def notes_linear_head(
     ----------
     train_feats : Tensor, shape [N, D]
     train_y : Tensor, shape [N], integer labels
-    score : dict of str -> (feats [M, D], labels [M])
-        Sets to score, e.g. ``{"test": (test_feats, y_test)}``.
+    score : dict
+        Sets to score, name -> ``(features [M, D], labels [M])``, e.g. ``{"test": (test_feats, y_test)}``.
     epochs, batch_size : int
         The last batch of an epoch is smaller if ``batch_size`` does not divide N.
     lr : float
