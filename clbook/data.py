@@ -360,10 +360,12 @@ def load_mnist(
         try:
             split = _official_mnist(root, timeout)
         except (RuntimeError, OSError) as err:  # URLError is an OSError
-            warnings.warn(
+            # warn_explicit with a module name as the location: a plain warn() would show the
+            # caller's file, and in a notebook that is a temporary path of the machine that ran it.
+            warnings.warn_explicit(
                 f"Official MNIST unavailable ({_cause(err, root)}); using the test split shipped in "
                 f"{_shown(root / SHIPPED_DIR, root)} instead.",
-                stacklevel=2,
+                UserWarning, filename="clbook.data.load_mnist", lineno=0,
             )
         else:
             if verbose:

@@ -97,7 +97,10 @@ MATHJAX_SOURCE = Path(jupyter_server_mathjax.__file__).resolve().parent / "stati
 mathjax_path = "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full"
 mathjax2_config = {
     "tex2jax": {"inlineMath": [["\\(", "\\)"]], "displayMath": [["\\[", "\\]"]], "processEscapes": True},
-    "HTML-CSS": {"imageFont": None},  # the web fonts are copied; the image fonts are not
+    # jupyter-server-mathjax ships the STIX-Web fonts only (no TeX fonts, no image fonts): without
+    # this, MathJax asks for its default TeX font data, which is not there, and shows an error.
+    "HTML-CSS": {"availableFonts": ["STIX-Web"], "preferredFont": "STIX-Web", "webFont": "STIX-Web",
+                 "imageFont": None},
 }
 
 

@@ -725,3 +725,15 @@ def test_show_matrix_rejects_empty_and_non_numeric_matrices():
         with pytest.raises(ValueError, match="matrix"):
             show_matrix(bad)
     plt.close("all")
+
+
+def test_fallback_warning_names_no_file_of_the_caller(official_copy, monkeypatch):
+    """Shown in a notebook, a warning's location is the cell's temporary file: it must not be used."""
+    root, _ = official_copy
+    shutil.rmtree(root / "MNIST")
+    _offline(monkeypatch, "no network")
+    with pytest.warns(UserWarning) as record:
+        load_mnist(root=root, verbose=False)
+    assert record[0].filename == "clbook.data.load_mnist"
+    shown = warnings.formatwarning(record[0].message, record[0].category, record[0].filename, record[0].lineno)
+    assert __file__ not in shown and "/tmp/" not in shown
