@@ -140,30 +140,17 @@ class NotesMLP(nn.Module):
         return self.net(x)
 
 
-class NotesCNN(nn.Module):
+class NotesCNN(ConvEncoder):
     """The notes' MNIST encoder: conv(16), conv(32), fc(128), every layer followed by a ReLU.
 
     ``[N, 1, 28, 28] -> conv3x3(16) ReLU maxpool -> conv3x3(32) ReLU maxpool -> linear(128) ReLU
-    -> [N, 128]``. The convolutional part is :class:`ConvEncoder`'s; the difference is the ReLU on
-    the 128 features, so they are non-negative, and (in the notes' protocol) SupCon is applied to
-    them directly, with no projection head.
+    -> [N, 128]``. It is :class:`ConvEncoder` (same layers, so the same weights for the same seed)
+    plus a ReLU on the 128 features, so they are non-negative; in the notes' protocol SupCon is
+    applied to them directly, with no projection head.
     """
 
-    def __init__(self, out_dim: int = 128, channels: tuple[int, int] = (16, 32)) -> None:
-        super().__init__()
-        c1, c2 = channels
-        self.out_dim = out_dim
-        self.features = nn.Sequential(
-            nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(),
-        )
-        self.fc = nn.Linear(c2 * 7 * 7, out_dim)
-        self.to(memory_format=torch.channels_last)  # faster on a CPU, same values (see ConvEncoder)
-
     def forward(self, x: Tensor) -> Tensor:
-        _check_input(x, (1, 28, 28), type(self).__name__)
-        return torch.relu(self.fc(self.features(x.contiguous(memory_format=torch.channels_last))))
+        return torch.relu(super().forward(x))
 
 
 class ProjectionHead(nn.Module):

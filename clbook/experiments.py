@@ -459,6 +459,15 @@ def format_table(results: list[Result]) -> str:
 # no validation data, and a linear head on unnormalized features.
 
 
+def _check_notes_settings(epochs: int, batch_size: int, lr: float, temperature: float) -> None:
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    for name, value in (("lr", lr), ("temperature", temperature)):
+        if not value > 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+
+
 def notes_pretrain(
     encoder: nn.Module,
     X: Tensor,
@@ -502,12 +511,7 @@ def notes_pretrain(
     """
     if y.dim() != 1 or y.shape[0] != X.shape[0]:
         raise ValueError(f"y must have shape [{X.shape[0]}], got {tuple(y.shape)}")
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if value < 1:
-            raise ValueError(f"{name} must be at least 1, got {value}")
-    for name, value in (("lr", lr), ("temperature", temperature)):
-        if not value > 0:
-            raise ValueError(f"{name} must be positive, got {value}")
+    _check_notes_settings(epochs, batch_size, lr, temperature)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(encoder.parameters(), lr=lr)
     n, losses = X.shape[0], []
@@ -593,12 +597,7 @@ def notes_pretrain_many(
                          f"X {tuple(X.shape)} and y {tuple(y.shape)}")
     if y.dim() != 2 or y.shape[1] != X.shape[1]:
         raise ValueError(f"y must have shape [{n_runs}, {X.shape[1]}], got {tuple(y.shape)}")
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if value < 1:
-            raise ValueError(f"{name} must be at least 1, got {value}")
-    for name, value in (("lr", lr), ("temperature", temperature)):
-        if not value > 0:
-            raise ValueError(f"{name} must be positive, got {value}")
+    _check_notes_settings(epochs, batch_size, lr, temperature)
     params, buffers = stack_module_state(encoders)  # leaves of shape [S, ...]
     template = copy.deepcopy(encoders[0]).to("meta")
 
