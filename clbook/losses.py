@@ -984,7 +984,7 @@ def info_nce_loss(
         extra = None if negatives is None else positive
         lse = _CrossLSE.apply(q, cols, extra, None, None, block or n)
         share = (lse - positive.sum()) / (n * (world[1] if world else 1))
-        return _global_mean(share, world).to(query.dtype)
+        return _result(_global_mean(share, world), query.dtype, "info_nce_loss")
     if negatives is None:
         logits = q @ k.T  # [N, N], positive of row i in column i
         target = torch.arange(q.shape[0], device=q.device)
@@ -993,7 +993,7 @@ def info_nce_loss(
         positive = (q * k).sum(dim=1, keepdim=True)  # [N, 1]
         logits = torch.cat([positive, q @ neg.T], dim=1)  # [N, 1 + K]
         target = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
-    return F.cross_entropy(logits, target).to(query.dtype)
+    return _result(F.cross_entropy(logits, target), query.dtype, "info_nce_loss")
 
 
 # ----------------------------------------------------------------------------- losses without negatives
