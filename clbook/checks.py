@@ -1,0 +1,141 @@
+"""Argument checks shared by every module: one place, one wording.
+
+Each check returns the value in the type the caller should use (``int``, ``float``) and raises
+``ValueError`` naming the argument otherwise. Numbers may be Python, NumPy or 0-d tensor values;
+``bool`` is never taken for a number (``True`` is an ``int`` in Python, but never what was meant).
+
+Examples
+--------
+>>> check_int("epochs", 3, minimum=1)
+3
+>>> check_real("lr", 0.1)
+0.1
+>>> check_probability("momentum", 0.99, high_open=True)
+0.99
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_int",
+    "check_real",
+    "check_probability",
+    "check_bool",
+    "check_choice",
+    "check_features",
+    "check_labels",
+    "check_features_labels",
+]
+
+
+def _scalar(value):
+    """A 0-d tensor as a Python number (bool and complex tensors are left alone, and so rejected)."""
+    if isinstance(value, Tensor) and value.dim() == 0 and value.dtype != torch.bool and not value.is_complex():
+        return value.item() if value.is_floating_point() else int(value)
+    return value
+
+
+def check_int(name: str, value, minimum: int | None = None, maximum: int | None = None) -> int:
+    """``value`` as an ``int`` if it is an integer in ``[minimum, maximum]`` (either bound optional)."""
+    value = _scalar(value)
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if ok and (minimum is None or value >= minimum) and (maximum is None or value <= maximum):
+        return int(value)
+    if minimum is not None and maximum is not None:
+        raise ValueError(f"{name} must be an integer in [{minimum}, {maximum}], got {value!r}")
+    if maximum is not None:
+        raise ValueError(f"{name} must be an integer <= {maximum}, got {value!r}")
+    bound = f" >= {minimum}" if minimum is not None else ""
+    raise ValueError(f"{name} must be an integer{bound}, got {value!r}")
+
+
+def check_real(name: str, value, minimum: float | None = 0.0, strict: bool = True,
+               maximum: float | None = None) -> float:
+    """``value`` as a finite ``float`` greater than ``minimum`` (or equal, if not ``strict``), at most ``maximum``.
+
+    ``minimum=None`` accepts any finite number.
+    """
+    if isinstance(value, Tensor) and value.dim() == 0:
+        value = _scalar(value.detach())
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and minimum is not None:
+        ok = value > minimum if strict else value >= minimum
+    if ok and maximum is not None:
+        ok = value <= maximum
+    if ok:
+        return float(value)
+    parts = []
+    if minimum is not None:
+        parts.append(f"{'>' if strict else '>='} {minimum}")
+    if maximum is not None:
+        parts.append(f"<= {maximum}")
+    raise ValueError(f"{name} must be a finite number{' ' + ' and '.join(parts) if parts else ''}, got {value!r}")
+
+
+def check_probability(name: str, value, high_open: bool = False) -> float:
+    """``value`` as a ``float`` in [0, 1] (or [0, 1) with ``high_open``)."""
+    value = _scalar(value)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and 0.0 <= float(value) <= 1.0
+    if not ok or (high_open and value == 1.0):
+        raise ValueError(f"{name} must be a number in [0, 1{')' if high_open else ']'}, got {value!r}")
+    return float(value)
+
+
+def check_bool(name: str, value) -> bool:
+    """``value`` if it is a ``bool`` (a NumPy bool too): flags given as 0/1 or strings are refused."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return bool(value)
+    raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def check_choice(name: str, value, choices) -> object:
+    """``value`` if it is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
+    return value
+
+
+def check_features(name: str, feats, width: int | None = None) -> None:
+    """Features ``[N, D]``: a non-empty tensor, ``width`` columns if given, no NaN or inf."""
+    if not isinstance(feats, Tensor) or feats.dim() != 2:
+        shape = tuple(feats.shape) if isinstance(feats, Tensor) else type(feats).__name__
+        raise ValueError(f"{name} must be a tensor of shape [N, D], got {shape}")
+    if feats.shape[0] == 0 or feats.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(feats.shape)})")
+    if width is not None and feats.shape[1] != width:
+        raise ValueError(f"{name} has {feats.shape[1]} columns, expected {width} (the reference's D)")
+    if feats.is_floating_point() and not bool(torch.isfinite(feats).all()):
+        # A NaN row would be every query's nearest neighbour, a NaN feature a NaN probe.
+        raise ValueError(f"{name} contains NaN or infinite values")
+
+
+# Labels index one-hot columns and bincounts: a label of 10**12 would ask the allocator for
+# terabytes. No classification problem in the course comes near this many classes.
+MAX_CLASSES = 1 << 16
+
+
+def check_labels(name: str, y, n: int | None = None, of: str = "X") -> None:
+    """Integer class labels ``[N]`` (``N = n`` if given), all in ``[0, MAX_CLASSES)``."""
+    if not isinstance(y, Tensor) or y.dim() != 1 or (n is not None and y.shape[0] != n):
+        shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+        want = f"[{n}], one per row of {of}" if n is not None else "[N]"
+        raise ValueError(f"{name} (labels) must have shape {want}; got {shape}")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+    if y.numel() and int(y.min()) < 0:
+        raise ValueError(f"{name} must hold class labels >= 0, got {int(y.min())}")
+    if y.numel() and int(y.max()) >= MAX_CLASSES:
+        raise ValueError(f"{name} holds the label {int(y.max())}; class labels must be below {MAX_CLASSES} "
+                         "(relabel the classes 0, 1, 2, ...)")
+
+
+def check_features_labels(feats, y, feats_name: str, y_name: str) -> None:
+    """Features ``[N, D]`` (see :func:`check_features`) and their labels ``[N]`` (see :func:`check_labels`)."""
+    check_features(feats_name, feats)
+    check_labels(y_name, y, feats.shape[0], of=feats_name)
