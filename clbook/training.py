@@ -27,9 +27,9 @@ from clbook.evaluation import (
     knn_predict,
     plot_probe,
 )
-from clbook.losses import nt_xent_loss, supcon_loss
-from clbook.methods import METHODS, Method, make_method
-from clbook.runtime import set_seed, single_thread
+from clbook.distributed import average_gradients
+from clbook.methods import Method, as_method
+from clbook.runtime import resolve_device, set_seed, single_thread
 
 __all__ = [
     "set_seed",
@@ -37,6 +37,9 @@ __all__ = [
     "extract_features",
     "History",
     "pretrain",
+    "train_step",
+    "check_method_data",
+    "progress_bar",
     "knn_predict",
     "knn_accuracy",
     "LinearProbe",
@@ -67,6 +70,10 @@ class History:
     metrics : dict of str -> list of float
         Per-epoch figures logged by a :class:`clbook.methods.Method` (``end_epoch``) or by the
         ``on_epoch_end`` callback of :func:`pretrain`, one value per epoch under each name.
+    steps : int
+        Optimizer steps taken.
+    samples : int
+        Samples seen (steps times the batch size; each sample's views count once).
     """
 
     loss: list[float] = field(default_factory=list)
@@ -74,97 +81,45 @@ class History:
     best_epoch: int = 0
     seconds: float = 0.0
     metrics: dict[str, list[float]] = field(default_factory=dict)
+    steps: int = 0
+    samples: int = 0
 
 
-LossFn = Callable[[Tensor, Tensor | None], Tensor]
+def train_step(method: Method, encoder: nn.Module, head: nn.Module, optimizer: torch.optim.Optimizer,
+               scheduler, xb: Tensor, yb: Tensor | None, index: Tensor, augment, generator: torch.Generator,
+               step: int, total_steps: int) -> float:
+    """One optimizer step of any method: the per-step code of :func:`pretrain` and ``python -m clbook pretrain``.
 
-
-def _loss_for(method: str | LossFn, temperature: float) -> LossFn:
-    """Loss on projections ``z`` of shape [B, V, D] and labels ``y`` [B] (or None)."""
-    if callable(method):
-        return method
-    if method == "supcon":
-        return lambda z, y: supcon_loss(z, labels=y, temperature=temperature)
-    if method == "simclr":
-        def simclr(z: Tensor, y: Tensor | None) -> Tensor:
-            if z.shape[1] != 2:
-                raise ValueError("SimCLR needs exactly two views; pass an augment")
-            return nt_xent_loss(z[:, 0], z[:, 1], temperature=temperature)
-        return simclr
-    raise ValueError(f"unknown method {method!r}; use 'supcon', 'simclr', one of {sorted(METHODS)}, "
-                     "a clbook.methods.Method or a callable")
-
-
-def pretrain(
-    encoder: nn.Module,
-    head: nn.Module,
-    X: Tensor,
-    y: Tensor | None = None,
-    *,
-    method: str | Method | LossFn = "supcon",
-    method_options: dict | None = None,
-    epochs: int = 20,
-    batch_size: int = 256,
-    lr: float = 1e-3,
-    weight_decay: float = 0.0,
-    cosine: bool = True,
-    temperature: float = 0.1,
-    augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
-    val: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
-    knn_k: int = 10,
-    seed: int = 0,
-    progress: bool = True,
-    on_epoch_end: Callable[[nn.Module, int], dict[str, float]] | None = None,
-) -> History:
-    """Contrastive pre-training of ``encoder`` with a projection ``head``, in place.
-
-    Parameters
-    ----------
-    encoder, head : nn.Module
-        The loss is computed on ``head(encoder(x))``; only the encoder is kept afterwards.
-    X : Tensor, shape [N, ...]
-        Training inputs, whole, in memory.
-    y : Tensor, shape [N], optional
-        Labels. Required for ``"supcon"``, ignored by ``"simclr"`` (self-supervised).
-    method : str, Method or callable
-        ``"supcon"``: :func:`clbook.losses.supcon_loss` with labels. ``"simclr"``:
-        :func:`clbook.losses.nt_xent_loss` on two augmented views, no labels. Any name in
-        :data:`clbook.methods.METHODS` (MoCo, memory bank, ...) or a :class:`clbook.methods.Method`
-        instance: a method with state of its own, run through the same loop. A callable gets
-        projections ``z`` of shape [B, V, D] and labels [B] (or None) and returns a scalar.
-    method_options : dict, optional
-        Keyword arguments for a method given by name, e.g. ``{"queue_size": 4096}`` for MoCo.
-    epochs, batch_size, lr, weight_decay
-        Adam optimisation settings. The last incomplete batch is dropped, so that every batch
-        has enough negatives. ``batch_size`` must be at least 2 (a batch of one has no
-        negatives) and is capped at N, which must be at least 2 too.
-    cosine : bool, default True
-        Decay the learning rate from ``lr`` to 0 along a cosine over all steps (as in the SimCLR
-        and SupCon papers); the last epochs then refine instead of jumping around.
-    temperature : float, default 0.1
-        Passed to the loss (and to a named method that takes a temperature).
-    augment : callable, optional
-        ``augment(x_batch, generator) -> x_batch`` drawing fresh randomness per sample, e.g.
-        :class:`clbook.data.DigitAugment`. With it every sample contributes two views; without
-        it, one (SupCon with labels still has positives: the other samples of its class).
-    val : (X_ref, y_ref, X_val, y_val), optional
-        Reference and validation sets for monitoring: after each epoch, kNN accuracy of
-        ``X_val`` against ``X_ref`` in feature space. The weights of the best epoch are kept.
-    knn_k : int, default 10
-        k for that monitoring.
-    seed : int
-        Seeds the batch order and the augmentations.
-    progress : bool
-        Show a tqdm progress bar.
-    on_epoch_end : callable, optional
-        ``on_epoch_end(encoder, epoch) -> dict`` of figures (e.g. collapse diagnostics on
-        validation features), called after every epoch in eval mode and logged in
-        ``History.metrics``.
-
-    Returns
-    -------
-    History
+    Draws ``method.n_views`` augmented views of the batch ``xb`` (or uses ``xb`` itself without
+    an augmentation), computes the method's loss, backpropagates, averages the gradients over
+    the processes when several train together (:func:`clbook.distributed.average_gradients`; a
+    no-op with one), and steps the optimizer and the scheduler, with the method's hooks around
+    the step. Returns the loss.
     """
+    views = [augment(xb, generator) for _ in range(method.n_views)] if augment is not None else [xb]
+    loss = method.loss(encoder, head, views, yb, index)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss became {loss.item()} at step {step + 1}; lower lr?")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    average_gradients([p for group in optimizer.param_groups for p in group["params"]])
+    method.before_step(step, total_steps)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    method.after_step(encoder, head, step, total_steps)
+    return loss.item()
+
+
+def check_method_data(method: Method, y: Tensor | None, augment) -> None:
+    """Refuse a run the method cannot learn from: labels it needs, or views that would all be identical."""
+    if method.needs_labels and y is None:
+        raise ValueError(f"{method.name} needs labels y")
+    if method.needs_augment and method.n_views > 1 and augment is None:
+        raise ValueError(f"{method.name} needs an augment: without it all views are identical")
+
+
+def _check_data(X: Tensor, y: Tensor | None) -> None:
     if not isinstance(X, Tensor):
         raise ValueError(f"X must be a torch.Tensor of training inputs [N, ...], got {type(X).__name__}")
     if X.dim() == 0 or X.shape[0] < 2:
@@ -178,97 +133,134 @@ def pretrain(
                              f"{tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__}")
         if y.is_floating_point() and not bool(torch.isfinite(y).all()):
             raise ValueError("y contains NaN or infinite values")
-    epochs = _check_int("epochs", epochs, 1)
-    # A batch of one has no negatives: every loss is 0 and nothing would be learnt.
-    batch_size = _check_int("batch_size", batch_size, 2)
-    lr = _check_real("lr", lr)
+        if y.shape[0] != X.shape[0]:
+            raise ValueError(f"X has {X.shape[0]} samples but y has {y.shape[0]} labels")
+
+
+def pretrain(
+    encoder: nn.Module,
+    head: nn.Module,
+    X: Tensor,
+    y: Tensor | None = None,
+    *,
+    method: str | Method | Callable = "supcon",
+    method_options: dict | None = None,
+    epochs: int = 20,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    cosine: bool = True,
+    temperature: float = 0.1,
+    augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
+    val: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
+    knn_k: int = 10,
+    seed: int = 0,
+    progress: bool = True,
+    on_epoch_end: Callable[[nn.Module, int], dict[str, float]] | None = None,
+    device: str | torch.device | None = "auto",
+) -> History:
+    """Contrastive pre-training of ``encoder`` with a projection ``head``, in place.
+
+    Parameters
+    ----------
+    encoder, head : nn.Module
+        The loss is computed on ``head(encoder(x))``; only the encoder is kept afterwards. Both are
+        moved to ``device`` (and stay there).
+    X : Tensor, shape [N, ...]
+        Training inputs, whole, in memory (on any device: each batch is moved to ``device``).
+    y : Tensor, shape [N], optional
+        Labels. Required by methods that use them (SupCon); self-supervised methods ignore them.
+    method : str, Method or callable
+        A name from :data:`clbook.methods.REGISTRY` (``"supcon"``, ``"simclr"``, ``"moco"``,
+        ``"memory_bank"``, ``"simsiam"``, ``"byol"``, ``"swav"``), a
+        :class:`clbook.methods.Method` instance, or a loss callable that gets projections ``z`` of
+        shape [B, V, D] and labels [B] (or None) and returns a scalar.
+    method_options : dict, optional
+        Keyword arguments for a method given by name, e.g. ``{"queue_size": 4096}`` for MoCo.
+    epochs, batch_size, lr, weight_decay
+        Adam optimisation settings. The last incomplete batch is dropped, so that every batch
+        has enough negatives. ``batch_size`` must be at least 2 (a batch of one has no
+        negatives) and is capped at N, which must be at least 2 too.
+    cosine : bool, default True
+        Decay the learning rate from ``lr`` to 0 along a cosine over all steps (as in the SimCLR
+        and SupCon papers); the last epochs then refine instead of jumping around.
+    temperature : float, default 0.1
+        Passed to a named method that takes a temperature.
+    augment : callable, optional
+        ``augment(x_batch, generator) -> x_batch`` drawing fresh randomness per sample, e.g.
+        :class:`clbook.data.DigitAugment`. With it every sample contributes ``method.n_views``
+        views; without it, one (SupCon with labels still has positives: the other samples of its
+        class).
+    val : (X_ref, y_ref, X_val, y_val), optional
+        Reference and validation sets for monitoring: after each epoch, kNN accuracy of
+        ``X_val`` against ``X_ref`` in feature space. The weights of the best epoch are kept.
+    knn_k : int, default 10
+        k for that monitoring.
+    seed : int
+        Seeds the batch order and the augmentations.
+    progress : bool
+        Show a tqdm progress bar.
+    on_epoch_end : callable, optional
+        ``on_epoch_end(encoder, epoch) -> dict`` of figures (e.g. collapse diagnostics on
+        validation features), called after every epoch in eval mode and logged in
+        ``History.metrics``.
+    device : str or torch.device, default "auto"
+        CUDA, then MPS, then the CPU (:func:`clbook.runtime.resolve_device`), or a device name.
+
+    Returns
+    -------
+    History
+    """
+    _check_data(X, y)
+    epochs, knn_k = _check_int("epochs", epochs, 1), _check_int("knn_k", knn_k, 1)
+    batch_size = _check_int("batch_size", batch_size, 2)  # a batch of one has no negatives: nothing to learn
+    lr, temperature = _check_real("lr", lr), _check_real("temperature", temperature)
     weight_decay = _check_real("weight_decay", weight_decay, strict=False)
-    temperature = _check_real("temperature", temperature)
-    knn_k = _check_int("knn_k", knn_k, 1)
     if val is not None and (not isinstance(val, (tuple, list)) or len(val) != 4):
         raise ValueError("val must be a tuple (X_ref, y_ref, X_val, y_val)")
-    if isinstance(method, str) and method in METHODS:
-        method = make_method(method, temperature, **(method_options or {}))
-    elif method_options:
-        raise ValueError("method_options go with a method given by name from clbook.methods.METHODS")
-    runner = method if isinstance(method, Method) else None
-    if runner is not None and runner.needs_labels and y is None:
-        raise ValueError(f"{runner.name} needs labels y")
-    if runner is not None and runner.n_views > 1 and augment is None:
-        raise ValueError(f"{runner.name} needs an augment: without it all views are identical")
-    if method == "supcon" and y is None:
-        raise ValueError("SupCon needs labels y; use method='simclr' for unlabelled data")
-    if method == "simclr" and augment is None:
-        raise ValueError("SimCLR needs an augment: without it both views are identical")
-    if y is not None and y.shape[0] != X.shape[0]:
-        raise ValueError(f"X has {X.shape[0]} samples but y has {y.shape[0]} labels")
-    loss_fn = None if runner is not None else _loss_for(method, temperature)
-    labelled = method != "simclr"
+    method = as_method(method, temperature, method_options)
+    check_method_data(method, y, augment)
+    dev = resolve_device(device)
+    encoder.to(dev)
+    head.to(dev)
     n = X.shape[0]
     batch_size = min(batch_size, n)
     gen = torch.Generator().manual_seed(seed)
-    params = list(encoder.parameters()) + list(head.parameters())
-    if runner is not None:
-        runner.num_samples = n  # per-sample memories (a memory bank) are sized by it
-        runner.setup(encoder, head)
-        params += runner.trainable_parameters()
+    method.num_samples = n  # per-sample memories (a memory bank) are sized by it
+    method.setup(encoder, head)
+    method.to(dev)
+    params = [*encoder.parameters(), *head.parameters(), *method.trainable_parameters()]
     opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     steps_per_epoch = n // batch_size
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch) if cosine else None
+    total_steps = epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps) if cosine else None
     hist = History()
     best_acc, best_state = -1.0, None
     start = time.perf_counter()
-    # mininterval keeps the bar from writing hundreds of updates into a saved notebook.
-    name = method if isinstance(method, str) else runner.name if runner is not None else "custom"
-    step, total_steps = 0, epochs * steps_per_epoch
-    bar = tqdm(range(1, epochs + 1), desc=f"pretrain {name}",
-               disable=not progress, leave=False, mininterval=1.0)
+    bar = progress_bar(range(1, epochs + 1), f"pretrain {method.name}", progress)
     for epoch in bar:
-        encoder.train()
-        head.train()
-        if runner is not None:
-            runner.train()
-            runner.start_epoch(epoch, epochs)
+        for module in (encoder, head, method):
+            module.train()
+        method.start_epoch(epoch, epochs)
         perm = torch.randperm(n, generator=gen)
-        total, batches = 0.0, 0
+        total = 0.0
         for i in range(0, n - batch_size + 1, batch_size):
             idx = perm[i : i + batch_size]
-            xb = X[idx]
-            if runner is not None:
-                views = [augment(xb, gen) for _ in range(runner.n_views)] if augment is not None else [xb]
-                loss = runner.loss(encoder, head, views, y[idx] if y is not None else None, idx)
-            elif augment is not None:
-                views = torch.cat([augment(xb, gen), augment(xb, gen)])  # [2B, ...], one forward
-                z = head(encoder(views)).view(2, len(idx), -1).transpose(0, 1)  # [B, 2, D]
-            else:
-                z = head(encoder(xb)).unsqueeze(1)  # [B, 1, D]
-            if runner is None:
-                loss = loss_fn(z, y[idx] if labelled and y is not None else None)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} in epoch {epoch}; lower lr?")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if runner is not None:
-                runner.before_step(step, total_steps)
-            opt.step()
-            if sched is not None:
-                sched.step()
-            if runner is not None:
-                runner.after_step(encoder, head, step, total_steps)
-            step += 1
-            total, batches = total + loss.item(), batches + 1
-        hist.loss.append(total / max(batches, 1))
-        postfix = {"loss": f"{hist.loss[-1]:.3f}"}
-        logged = runner.end_epoch(encoder, head) if runner is not None else {}
+            total += train_step(method, encoder, head, opt, sched, X[idx].to(dev),
+                                y[idx].to(dev) if y is not None else None, idx, augment, gen,
+                                hist.steps, total_steps)
+            hist.steps, hist.samples = hist.steps + 1, hist.samples + len(idx)
+        hist.loss.append(total / steps_per_epoch)
+        logged = method.end_epoch(encoder, head)
         if on_epoch_end is not None:
             encoder.eval()
             logged = {**logged, **on_epoch_end(encoder, epoch)}
         for key, value in logged.items():
             hist.metrics.setdefault(key, []).append(float(value))
+        postfix = {"loss": f"{hist.loss[-1]:.3f}"}
         if val is not None:
-            X_ref, y_ref, X_val, y_val = val
-            acc = knn_accuracy(extract_features(encoder, X_ref), y_ref,
-                               extract_features(encoder, X_val), y_val, k=knn_k)
+            acc = knn_accuracy(extract_features(encoder, val[0]), val[1], extract_features(encoder, val[2]),
+                               val[3], k=knn_k, device=dev)
             hist.val_acc.append(acc)
             postfix["val_knn"] = f"{acc:.3f}"
             if acc > best_acc:
@@ -282,6 +274,14 @@ def pretrain(
     encoder.eval()
     hist.seconds = time.perf_counter() - start
     return hist
+
+
+def progress_bar(iterable, desc: str, enabled: bool = True):
+    """A tqdm progress bar over epochs, the same in :func:`pretrain` and ``python -m clbook pretrain``.
+
+    ``mininterval`` keeps it from writing hundreds of updates into a saved notebook.
+    """
+    return tqdm(iterable, desc=desc, disable=not enabled, leave=False, mininterval=1.0)
 
 
 # ----------------------------------------------------------------------------- plots
