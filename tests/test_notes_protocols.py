@@ -8,7 +8,7 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from clbook.encoders import ENCODERS, NotesCNN, NotesMLP, make_encoder
-from clbook.experiments import HeadTrace, notes_linear_head, notes_pretrain, notes_pretrain_many
+from clbook.notes import HeadTrace, notes_linear_head, notes_pretrain, notes_pretrain_many
 from clbook.reference import supcontrast_loss
 
 
