@@ -164,15 +164,27 @@ def write_course_table(app) -> None:
 # ----------------------------------------------------------------------------- API pages
 
 
+def api_modules() -> list[str]:
+    """Public modules of clbook, named below it: ``"losses"``, a package ``"exercises"``, its ``"exercises.core"``."""
+    modules = []
+    for path in (ROOT / "clbook").rglob("*.py"):
+        parts = path.relative_to(ROOT / "clbook").with_suffix("").parts
+        parts = parts[:-1] if parts[-1] == "__init__" else parts  # a package's page is its __init__'s
+        if parts and not any(part.startswith("_") for part in parts):
+            modules.append(".".join(parts))
+    return sorted(modules)
+
+
 def write_api_pages(app) -> None:
     """One page per module of clbook in docs/api/ (generated, not tracked): new modules get one too.
 
     One page each, because several module docstrings have a section of the same name
-    ("Conventions"), which on a shared page would be duplicate targets.
+    ("Conventions"), which on a shared page would be duplicate targets. A package gets a page, and
+    so does each of its modules.
     """
     target = DOCS / "api"
     target.mkdir(exist_ok=True)
-    modules = sorted(p.stem for p in (ROOT / "clbook").glob("*.py") if not p.stem.startswith("_"))
+    modules = api_modules()
     for stale in target.glob("*.*"):
         if stale.stem not in modules or stale.suffix != ".rst":
             stale.unlink()

@@ -3,9 +3,11 @@ stubs are "not attempted yet", and no verdict is a traceback."""
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import math
+import re
 from pathlib import Path
 
 import nbformat
@@ -14,8 +16,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clbook import exercises
+from clbook import exercises, losses
 from clbook.exercises import EXERCISES, Case, Mistake, exercise
+from clbook.losses import nt_xent_loss
 from clbook.reference import naive_nt_xent_loss
 from clbook.student import is_exercise_cell, strip_solutions
 
@@ -27,16 +30,10 @@ CHECKED = ["01", "02", "03", "04", "05", "06", "07", "08", "09"]
 
 
 def keys(with_mistakes=False):
-    """Every registered key as a pytest param, skipped when its checker's clbook functions are missing."""
-    params = []
-    for k in sorted(EXERCISES):
-        missing = EXERCISES[k].missing
-        marks = [pytest.mark.skip(reason=f"this clbook lacks {', '.join(missing)}")] if missing else []
-        if with_mistakes:
-            params += [pytest.param(k, i, marks=marks, id=f"{k}-{i}") for i in range(len(EXERCISES[k].mistakes))]
-        else:
-            params.append(pytest.param(k, marks=marks, id=k))
-    return params
+    """Every registered key as a pytest param (with each of its mistakes' indices if asked)."""
+    if with_mistakes:
+        return [pytest.param(k, i, id=f"{k}-{i}") for k in sorted(EXERCISES) for i in range(len(EXERCISES[k].mistakes))]
+    return [pytest.param(k, id=k) for k in sorted(EXERCISES)]
 
 
 def stub(*args, **kwargs):
@@ -86,12 +83,16 @@ def test_verdicts_are_short_and_show_no_code(key):
 
 def test_a_checker_whose_clbook_functions_are_missing_says_so():
     checker = exercises.Exercise("99.2", "needs more", "99 §2", reference=lambda x: x,
-                                 cases=lambda: [Case("x = 1", (1.0,))], requires=("clbook.losses.no_such_loss",))
+                                 cases=lambda: [Case("x = 1", (1.0,))], requires=((losses, "no_such_loss"),))
     assert not checker.available and checker.missing == ["clbook.losses.no_such_loss"]
     verdict = checker.run(lambda x: x)
     assert verdict.status == "unavailable" and "clbook.losses.no_such_loss" in verdict.message
     assert "Traceback" not in verdict.message and len(verdict.message.splitlines()) == 1
-    assert exercises.Exercise("99.3", "t", "99", reference=abs, cases=list, requires=("clbook.losses.nt_xent_loss",)).available
+    assert exercises.Exercise("99.3", "t", "99", reference=abs, cases=list, requires=((losses, "nt_xent_loss"),)).available
+
+
+def test_the_course_checkers_import_what_they_use_and_need_nothing_looked_up():
+    assert all(checker.available and not checker.requires for checker in EXERCISES.values())
 
 
 def test_duplicate_keys_are_refused():
@@ -201,7 +202,7 @@ def test_answers_that_raise_or_modify_their_input_get_one_line_reasons():
 
     def in_place(z1, z2, tau):
         z1.div_(z1.norm(dim=1, keepdim=True))
-        return exercises.nt_xent_loss(z1, z2, tau)
+        return nt_xent_loss(z1, z2, tau)
 
     verdict = exercises.check_nt_xent.run(raises)
     assert verdict.status == "fail" and "raised RuntimeError" in verdict.message
@@ -209,7 +210,7 @@ def test_answers_that_raise_or_modify_their_input_get_one_line_reasons():
     assert verdict.status == "fail" and "in place" in verdict.message
     verdict = exercises.check_nt_xent.run(lambda z1, z2, tau: None)
     assert "return" in verdict.message
-    verdict = exercises.check_nt_xent.run(exercises.nt_xent_loss(torch.ones(2, 2), torch.ones(2, 2)))
+    verdict = exercises.check_nt_xent.run(nt_xent_loss(torch.ones(2, 2), torch.ones(2, 2)))
     assert "expected a function" in verdict.message
 
 
@@ -279,10 +280,6 @@ def test_standardize_leaking_the_test_set_is_named():
     assert "leaks" in hint_of(exercises.check_standardize, pooled)
 
 
-needs_metrics = pytest.mark.skipif(not exercises.check_alignment_uniformity.available, reason="no clbook.metrics")
-
-
-@needs_metrics
 def test_uniformity_outside_log_space_fails_on_far_points():
     def naive(z1, z2, t=2.0):
         u1, u2 = F.normalize(z1.double(), dim=1), F.normalize(z2.double(), dim=1)
@@ -292,7 +289,6 @@ def test_uniformity_outside_log_space_fails_on_far_points():
     assert verdict.status == "fail" and "t = 300" in verdict.case and "log space" in verdict.hint
 
 
-@pytest.mark.skipif(not exercises.check_simsiam_loss.available, reason="no negative_cosine_loss")
 def test_simsiam_without_stop_gradient_fails_on_the_target_gradient():
     def no_stop(p1, p2, z1, z2):
         return -0.5 * (F.cosine_similarity(p1, z2).mean() + F.cosine_similarity(p2, z1).mean())
@@ -301,7 +297,6 @@ def test_simsiam_without_stop_gradient_fails_on_the_target_gradient():
     assert verdict.status == "fail" and "must be zero" in verdict.case and "stop-gradient" in verdict.hint
 
 
-@pytest.mark.skipif(not exercises.check_sinkhorn.available, reason="no sinkhorn_knopp")
 def test_sinkhorn_with_exp_fails_at_small_epsilon():
     def with_exp(scores, epsilon, n_iter):
         B, K = scores.shape
@@ -315,7 +310,6 @@ def test_sinkhorn_with_exp_fails_at_small_epsilon():
     assert verdict.status == "fail" and "epsilon = 0.01" in verdict.case and "log" in verdict.hint
 
 
-@pytest.mark.skipif(not exercises.check_swav_loss.available, reason="no swav_loss")
 def test_swav_with_codes_attached_fails_on_the_code_gradient():
     def attached(s1, s2, q1, q2, tau):
         return -0.5 * ((q2 * F.log_softmax(s1 / tau, 1)).sum(1).mean() + (q1 * F.log_softmax(s2 / tau, 1)).sum(1).mean())
@@ -330,17 +324,14 @@ def test_swav_with_codes_attached_fails_on_the_code_gradient():
 def exercise_cells():
     """Every exercise cell of every notebook (notebooks added later, or given cells later, are picked up too).
 
-    An exercise cell must run on its own given torch, F (torch.nn.functional), np and math. A cell
-    whose checker needs clbook functions this clbook lacks is skipped.
+    An exercise cell must run on its own given torch, F (torch.nn.functional), np and math.
     """
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
         nb = nbformat.read(path, as_version=4)
         for cell in nb.cells:
             if is_exercise_cell(cell):
                 key = cell.source.splitlines()[0][len("# Exercise "):].strip()
-                missing = EXERCISES[key].missing if key in EXERCISES else []
-                marks = [pytest.mark.skip(reason=f"this clbook lacks {', '.join(missing)}")] if missing else []
-                yield pytest.param(cell, marks=marks, id=f"{path.name[:2]}-{key}")
+                yield pytest.param(cell, id=f"{path.name[:2]}-{key}")
 
 
 def run_cell(source: str) -> str:
@@ -380,3 +371,60 @@ def test_each_notebook_with_checked_exercises_has_a_cell_for_every_checker():
         wanted = {k for k in EXERCISES if k.startswith(path.name[:2] + ".")}
         assert wanted <= present, f"{path.name}: no cell for {sorted(wanted - present)}"
         assert present <= set(EXERCISES), f"{path.name}: cells without a checker {sorted(present - set(EXERCISES))}"
+
+
+# ----------------------------------------------------------------------------- the package's layout
+
+PACKAGE = ROOT / "clbook" / "exercises"
+
+
+def notebook_modules():
+    """``{"01": "nb01_margin", ...}``: the module of each notebook's checkers."""
+    return {p.stem[2:4]: p.stem for p in sorted(PACKAGE.glob("nb[0-9][0-9]_*.py"))}
+
+
+def test_no_module_of_the_package_uses_importlib():
+    for path in sorted(PACKAGE.glob("*.py")):
+        assert "importlib" not in path.read_text(encoding="utf-8"), f"{path.name} uses importlib"
+        assert "__import__" not in path.read_text(encoding="utf-8"), f"{path.name} uses __import__"
+
+
+def test_every_checker_named_in_a_notebook_is_importable_from_the_package():
+    used = set()
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            if cell.cell_type == "code":
+                used |= set(re.findall(r"\bcheck_\w+", cell.source))
+    assert used, "no notebook names a checker"
+    for name in sorted(used):
+        assert isinstance(getattr(exercises, name, None), exercises.Exercise), f"clbook.exercises.{name}"
+        assert name in exercises.__all__, name
+
+
+def test_each_notebook_has_one_module_holding_its_checkers_and_no_other():
+    modules = notebook_modules()
+    assert sorted(modules) == sorted({k[:2] for k in EXERCISES})
+    found = {}
+    for number, stem in modules.items():
+        module = getattr(exercises, stem)  # imported by the package's __init__
+        checkers = {name: getattr(module, name) for name in module.__all__}
+        assert checkers and all(isinstance(c, exercises.Exercise) for c in checkers.values()), stem
+        assert all(c.key.startswith(number + ".") for c in checkers.values()), stem
+        for name, checker in checkers.items():
+            assert getattr(exercises, name) is checker, f"clbook.exercises does not re-export {stem}.{name}"
+            found[checker.key] = checker
+    assert found == EXERCISES
+
+
+def test_nothing_in_clbook_imports_the_exercises():
+    for path in sorted((ROOT / "clbook").rglob("*.py")):
+        if PACKAGE in path.parents:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):  # "from clbook import exercises" too
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            assert not any(n == "clbook.exercises" or n.startswith("clbook.exercises.") for n in names), path.name
