@@ -4,6 +4,14 @@ Each check returns the value in the type the caller should use (``int``, ``float
 ``ValueError`` naming the argument otherwise. Numbers may be Python, NumPy or 0-d tensor values;
 ``bool`` is never taken for a number (``True`` is an ``int`` in Python, but never what was meant).
 
+Images
+------
+Image batches are float tensors with values in [0, 1]. A ``uint8`` batch (0-255, as read from an
+image file) is converted the way torchvision's ``ToTensor`` converts it: divided by 255 into a new
+float32 tensor (:func:`check_images`). Every clbook function that takes images (the image
+encoders, :class:`clbook.data.DigitAugment`) follows this one rule; other integer or bool dtypes
+are refused.
+
 Examples
 --------
 >>> check_int("epochs", 3, minimum=1)
@@ -12,6 +20,8 @@ Examples
 0.1
 >>> check_probability("momentum", 0.99, high_open=True)
 0.99
+>>> check_interval("scale", (0.4, 1.0), 0.0, 1.0)
+(0.4, 1.0)
 """
 
 from __future__ import annotations
@@ -31,6 +41,8 @@ __all__ = [
     "check_features",
     "check_labels",
     "check_features_labels",
+    "check_interval",
+    "check_images",
 ]
 
 
@@ -42,13 +54,19 @@ def _scalar(value):
 
 
 def check_int(name: str, value, minimum: int | None = None, maximum: int | None = None) -> int:
-    """``value`` as an ``int`` if it is an integer in ``[minimum, maximum]`` (either bound optional)."""
+    """``value`` as an ``int`` if it is an integer in ``[minimum, maximum]`` (either bound optional).
+
+    The message reads "must be a positive integer" for ``minimum=1`` and "a non-negative
+    integer" for ``minimum=0`` (without ``maximum``), the course's usual wording.
+    """
     value = _scalar(value)
     ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if ok and (minimum is None or value >= minimum) and (maximum is None or value <= maximum):
         return int(value)
     if minimum is not None and maximum is not None:
         raise ValueError(f"{name} must be an integer in [{minimum}, {maximum}], got {value!r}")
+    if maximum is None and minimum in (0, 1):
+        raise ValueError(f"{name} must be a {'positive' if minimum == 1 else 'non-negative'} integer, got {value!r}")
     if maximum is not None:
         raise ValueError(f"{name} must be an integer <= {maximum}, got {value!r}")
     bound = f" >= {minimum}" if minimum is not None else ""
@@ -101,15 +119,33 @@ def check_choice(name: str, value, choices) -> object:
     return value
 
 
-def check_features(name: str, feats, width: int | None = None) -> None:
-    """Features ``[N, D]``: a non-empty tensor, ``width`` columns if given, no NaN or inf."""
+def check_features(name: str, feats, width: int | None = None, *, min_rows: int = 1,
+                   floating: bool = False) -> None:
+    """Features ``[N, D]``: a tensor with at least ``min_rows`` rows and one column, no NaN or inf.
+
+    Parameters
+    ----------
+    name : str
+        The argument's name, for the message.
+    feats : Tensor
+    width : int, optional
+        Required number of columns D.
+    min_rows : int, default 1
+        Fewest rows accepted (2 for statistics over pairs of rows).
+    floating : bool, default False
+        Refuse integer and bool tensors.
+    """
     if not isinstance(feats, Tensor) or feats.dim() != 2:
         shape = tuple(feats.shape) if isinstance(feats, Tensor) else type(feats).__name__
         raise ValueError(f"{name} must be a tensor of shape [N, D], got {shape}")
     if feats.shape[0] == 0 or feats.shape[1] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(feats.shape)})")
+    if feats.shape[0] < min_rows:
+        raise ValueError(f"{name} needs at least {min_rows} rows, got shape {tuple(feats.shape)}")
     if width is not None and feats.shape[1] != width:
         raise ValueError(f"{name} has {feats.shape[1]} columns, expected {width} (the reference's D)")
+    if floating and not feats.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {feats.dtype}")
     if feats.is_floating_point() and not bool(torch.isfinite(feats).all()):
         # A NaN row would be every query's nearest neighbour, a NaN feature a NaN probe.
         raise ValueError(f"{name} contains NaN or infinite values")
@@ -139,3 +175,70 @@ def check_features_labels(feats, y, feats_name: str, y_name: str) -> None:
     """Features ``[N, D]`` (see :func:`check_features`) and their labels ``[N]`` (see :func:`check_labels`)."""
     check_features(feats_name, feats)
     check_labels(y_name, y, feats.shape[0], of=feats_name)
+
+
+def check_interval(name: str, value, minimum: float | None = None, maximum: float | None = None,
+                   strict_minimum: bool = True) -> tuple[float, float]:
+    """A range ``(low, high)`` of finite numbers, ``low <= high``, inside ``(minimum, maximum]``.
+
+    Parameters
+    ----------
+    name : str
+        The argument's name, for the message.
+    value : pair of numbers
+    minimum : float, optional
+        ``low`` must exceed it (or equal it, if not ``strict_minimum``).
+    maximum : float, optional
+        ``high`` must not exceed it.
+
+    Returns
+    -------
+    (float, float)
+    """
+    try:
+        low, high = (_scalar(v) for v in value)
+    except (TypeError, ValueError):
+        low = high = None
+    ok = all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high))
+    ok = ok and low <= high
+    if ok and minimum is not None:
+        ok = low > minimum if strict_minimum else low >= minimum
+    if ok and maximum is not None:
+        ok = high <= maximum
+    if ok:
+        return float(low), float(high)
+    bounds = ""
+    if minimum is not None:
+        bounds += f"{minimum} {'<' if strict_minimum else '<='} "
+    bounds += "low <= high"
+    if maximum is not None:
+        bounds += f" <= {maximum}"
+    raise ValueError(f"{name} must be a pair (low, high) of finite numbers with {bounds}, got {value!r}")
+
+
+def check_images(name: str, x: Tensor) -> Tensor:
+    """An image batch as floats: ``uint8`` is divided by 255 into float32 (torchvision's ``ToTensor`` rule).
+
+    Floating-point batches are returned as they are (values are expected in [0, 1]); the caller's
+    tensor is never modified. Other dtypes (int64, bool, ...) are refused: their scale is unknown.
+
+    Parameters
+    ----------
+    name : str
+        The argument's name, for the message.
+    x : Tensor
+        Images of any shape, e.g. ``[N, C, H, W]``.
+
+    Returns
+    -------
+    Tensor
+        ``x`` itself, or a new float32 tensor in [0, 1] if ``x`` is ``uint8``.
+    """
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a tensor of images, got {type(x).__name__}")
+    if x.dtype == torch.uint8:
+        return x.to(torch.float32).div_(255.0)
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must hold float images in [0, 1] or uint8 images in [0, 255], "
+                         f"got dtype {x.dtype}")
+    return x

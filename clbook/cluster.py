@@ -11,7 +11,9 @@ Conventions
   every component still gets responsibilities that sum to one instead of ``0 / 0 = NaN``.
 * Bad input (wrong rank, NaN or inf, ``k < 1``, more clusters than points, values so large that
   squared distances would overflow float64) raises ``ValueError`` naming the argument. Numbers
-  may be Python or NumPy numbers or 0-d tensors. No argument is modified.
+  may be Python or NumPy numbers or 0-d tensors (checked by :mod:`clbook.checks`). No argument
+  is modified. ``reg_covar`` is absolute, so :func:`gmm_em` warns when it dominates the data's
+  variance (data on a tiny scale).
 
 The step functions (:func:`nearest_center`, :func:`gmm_e_step`, :func:`gmm_m_step`) are public so
 that the notebook can run the alternation one step at a time and draw it.
@@ -24,11 +26,13 @@ torch tensors (and NumPy arrays, in float64, for notebooks and tests).
 from __future__ import annotations
 
 import math
-import numbers
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from clbook.checks import check_int, check_real
 
 __all__ = [
     "KMeansResult",
@@ -150,32 +154,37 @@ def _as_data(X, name: str = "X") -> np.ndarray:
 
 
 def _check_k(k, n: int) -> int:
-    k = _number(k)
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise ValueError(f"k must be an integer, got {k!r}")
+    k = check_int("k", _number(k))
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     if k > n:
         raise ValueError(f"k = {k} clusters is more than the {n} points in X")
-    return int(k)
-
-
-def _non_negative(name: str, value) -> float:
-    value = _number(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a non-negative finite number, got {value!r}")
-    return float(value)
+    return k
 
 
 def _check_iter_tol(max_iter, tol) -> tuple[int, float]:
-    max_iter = _number(max_iter)
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
-    return int(max_iter), _non_negative("tol", tol)
+    return check_int("max_iter", _number(max_iter), 1), check_real("tol", _number(tol), 0.0, strict=False)
 
 
 def _check_reg_covar(reg_covar) -> float:
-    return _non_negative("reg_covar", reg_covar)
+    return check_real("reg_covar", _number(reg_covar), 0.0, strict=False)
+
+
+# gmm_em warns when reg_covar exceeds this fraction of the data's smallest per-dimension variance.
+REG_COVAR_WARN_FRACTION = 0.1
+
+
+def _warn_if_reg_covar_dominates(X: np.ndarray, reg_covar: float) -> None:
+    """A ``UserWarning`` when the absolute ``reg_covar`` is large against the data's own spread."""
+    var = X.var(axis=0)
+    var = var[var > 0]  # a constant dimension is exactly what reg_covar is for
+    if var.size and reg_covar > REG_COVAR_WARN_FRACTION * var.min():
+        warnings.warn(
+            f"reg_covar = {reg_covar:.3g} is more than {REG_COVAR_WARN_FRACTION:.0%} of the smallest "
+            f"per-dimension variance of X ({var.min():.3g}): the regularisation, not the data, shapes the "
+            "covariances. reg_covar is absolute; rescale X or lower reg_covar.",
+            UserWarning, stacklevel=3,
+        )
 
 
 def _as_centers(init, k: int, d: int, name: str) -> np.ndarray:
@@ -412,7 +421,12 @@ def gmm_e_step(X, weights, means, covariances) -> tuple[np.ndarray, float]:
     if (weights < 0).any() or not np.isclose(weights.sum(), 1.0):
         raise ValueError("weights must be non-negative and sum to one")
     # Cholesky reads only the lower triangle: an asymmetric matrix would be silently replaced.
-    if not np.allclose(covariances, covariances.transpose(0, 2, 1), rtol=1e-8, atol=0.0):
+    # Asymmetry is measured against the matrix's own scale, sqrt(S_aa S_bb): an M-step's products
+    # r x_a x_b and r x_b x_a round differently, which for a nearly-zero off-diagonal entry is a
+    # large relative difference but a negligible one against the variances.
+    diag = np.abs(np.einsum("kaa->ka", covariances))  # [k, d]
+    scale = np.sqrt(diag[:, :, None] * diag[:, None, :])  # [k, d, d]
+    if (np.abs(covariances - covariances.transpose(0, 2, 1)) > 1e-8 * scale).any():
         raise ValueError("covariances must be symmetric matrices")
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # a zero weight is a legal -inf log prior
         log_joint = np.log(weights) + _log_gaussian(X, means, covariances)
@@ -491,7 +505,9 @@ def gmm_em(
         Stop when an iteration changes the mean log-likelihood by less than ``tol`` (the same
         rule and default as scikit-learn's ``GaussianMixture``).
     reg_covar : float, default 1e-6
-        Added to the diagonal of every covariance (see :func:`gmm_m_step`).
+        Added to the diagonal of every covariance (see :func:`gmm_m_step`). It is absolute, in the
+        units of X squared: a ``UserWarning`` says so when it exceeds 10% of the smallest non-zero
+        per-dimension variance of X (then it, not the data, shapes the covariances).
     random_state : int, numpy Generator or None
         Seed for the k-means initialisation.
 
@@ -516,6 +532,7 @@ def gmm_em(
     k = _check_k(k, n)
     max_iter, tol = _check_iter_tol(max_iter, tol)
     reg_covar = _check_reg_covar(reg_covar)
+    _warn_if_reg_covar_dominates(X, reg_covar)
     if init_means is None:
         means = kmeans(X, k, random_state=random_state).centers
     else:
@@ -601,11 +618,8 @@ def sinkhorn_knopp(scores, epsilon: float = 0.05, n_iter: int = 3):
         S, out_dtype = scores, scores.dtype
     else:
         S, out_dtype = torch.from_numpy(_as_data(scores, "scores")), None
-    if not (isinstance(epsilon, (int, float, np.floating)) and not isinstance(epsilon, bool)
-            and math.isfinite(epsilon) and epsilon > 0):
-        raise ValueError(f"epsilon must be a positive finite number, got {epsilon!r}")
-    if isinstance(n_iter, bool) or not isinstance(n_iter, (int, np.integer)) or n_iter < 0:
-        raise ValueError(f"n_iter must be a non-negative integer, got {n_iter!r}")
+    epsilon = check_real("epsilon", _number(epsilon))
+    n_iter = check_int("n_iter", _number(n_iter), 0)
 
     if S.dtype in (torch.float16, torch.bfloat16):  # too coarse for log-sum-exp over a batch
         S = S.float()

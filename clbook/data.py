@@ -9,7 +9,11 @@ Conventions
   (epochs, probe hyper-parameters) is tuned on a validation part carved out of ``X_train`` with
   :func:`train_val_split`; the held-out part is for the final number only.
 * Data lives in ``<repo>/data`` (override with the ``root`` argument or the ``CLBOOK_DATA``
-  environment variable), so notebooks find it whatever their working directory.
+  environment variable), so notebooks find it whatever their working directory. The data
+  directory must exist: :func:`load_mnist` creates folders (torchvision's ``MNIST/raw``) only
+  inside an existing one, so a mistyped ``root`` is an error that leaves no folder behind.
+* :class:`DigitAugment` takes float images in [0, 1]; a ``uint8`` batch is divided by 255 into
+  float32 first, as torchvision's ``ToTensor`` does (the same rule as the image encoders).
 
 MNIST: :func:`load_mnist` first asks ``torchvision.datasets.MNIST`` for the official 60,000 /
 10,000 split, downloading it when needed. Without network it falls back to the official *test*
@@ -38,6 +42,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from clbook.checks import check_images, check_int, check_interval, check_labels, check_real
 
 __all__ = [
     "Split",
@@ -204,8 +210,8 @@ def train_val_split(
     Parameters
     ----------
     X : Tensor, shape [N, ...]
-    y : Tensor, shape [N], integer labels
-    val_size : float in (0, 1) or int
+    y : Tensor, shape [N], integer labels in [0, clbook.checks.MAX_CLASSES)
+    val_size : float in (0, 1) or int in [1, N - 1]
         Fraction or number of samples for validation.
     seed : int
         The split is a deterministic function of the seed.
@@ -218,8 +224,14 @@ def train_val_split(
 
     if X.shape[0] != y.shape[0]:
         raise ValueError(f"X has {X.shape[0]} samples but y has {y.shape[0]} labels")
+    check_labels("y", y, X.shape[0])
+    if isinstance(val_size, float) or (isinstance(val_size, Tensor) and val_size.is_floating_point()) \
+            or isinstance(val_size, np.floating):
+        check_real("val_size", val_size, 0.0, maximum=1.0)
+    else:
+        check_int("val_size", val_size, 1, max(1, len(y) - 1))
     idx_fit, idx_val = train_test_split(
-        np.arange(len(y)), test_size=val_size, random_state=seed, stratify=y.numpy()
+        np.arange(len(y)), test_size=val_size, random_state=seed, stratify=y.cpu().numpy()
     )
     idx_fit, idx_val = torch.from_numpy(np.sort(idx_fit)), torch.from_numpy(np.sort(idx_val))
     return X[idx_fit], y[idx_fit], X[idx_val], y[idx_val]
@@ -334,8 +346,9 @@ def load_mnist(
     Parameters
     ----------
     root : path, optional
-        Data directory (default: :func:`data_dir`). torchvision uses ``root/MNIST``; the
-        fallback reads ``root/mnist_t10k``.
+        Data directory (default: :func:`data_dir`). It must exist (``FileNotFoundError``
+        otherwise, and nothing is created); torchvision downloads into ``root/MNIST``, creating
+        that folder if needed; the fallback reads ``root/mnist_t10k``.
     download : bool, default True
         Try the official split through torchvision (which downloads it if absent). ``False``
         goes straight to the shipped split.
@@ -356,6 +369,13 @@ def load_mnist(
             or not (math.isfinite(timeout) and timeout > 0):
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     root = data_dir(root)
+    if not root.is_dir():
+        # torchvision would create root/MNIST/raw (and so root) before failing: a mistyped path
+        # would leave folders behind. Inside an existing data directory, creating them is fine.
+        raise FileNotFoundError(
+            f"data directory {_shown(root)} does not exist (or is not a folder): check root= or CLBOOK_DATA. "
+            "load_mnist creates folders only inside an existing data directory."
+        )
     if download:
         try:
             split = _official_mnist(root, timeout)
@@ -398,19 +418,29 @@ class DigitAugment:
     Parameters
     ----------
     scale : (float, float)
-        Range of the crop's area as a fraction of the image.
+        Range of the crop's area as a fraction of the image, ``0 < low <= high <= 1``.
     ratio : (float, float)
-        Range of the crop's aspect ratio (sampled log-uniformly).
+        Range of the crop's aspect ratio (sampled log-uniformly), ``0 < low <= high``.
     degrees : float
-        Maximum absolute rotation in degrees.
+        Maximum absolute rotation in degrees, in [0, 180].
     translate : float
-        Maximum absolute shift as a fraction of the image size.
+        Maximum absolute shift as a fraction of the image size, in [0, 1].
+
+    Out-of-range settings raise ``ValueError`` naming the parameter, when the augmentation is
+    built. Images are float in [0, 1]; a ``uint8`` batch is divided by 255 into float32 first
+    (torchvision's ``ToTensor`` rule), so the result is float32 either way.
     """
 
     scale: tuple[float, float] = (0.5, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     degrees: float = 15.0
     translate: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_interval("scale", self.scale, 0.0, 1.0)
+        check_interval("ratio", self.ratio, 0.0)
+        check_real("degrees", self.degrees, 0.0, strict=False, maximum=180.0)
+        check_real("translate", self.translate, 0.0, strict=False, maximum=1.0)
 
     def matrices(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Random affine matrices ``[n, 2, 3]`` mapping output to input coordinates in [-1, 1]."""
@@ -435,8 +465,9 @@ class DigitAugment:
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Augment a batch ``x`` of shape [N, C, H, W]; returns a new tensor of the same shape."""
-        if x.dim() != 4:
-            raise ValueError(f"expected images of shape [N, C, H, W], got {tuple(x.shape)}")
+        if not isinstance(x, Tensor) or x.dim() != 4:
+            raise ValueError(f"expected images of shape [N, C, H, W], got {tuple(getattr(x, 'shape', ()))}")
+        x = check_images("x", x)
         theta = self.matrices(x.shape[0], generator).to(device=x.device, dtype=x.dtype)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

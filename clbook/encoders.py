@@ -1,5 +1,10 @@
 """Encoders for the experiments and the projection head used during contrastive pre-training.
 
+Sizes (``in_dim``, ``hidden``, ``out_dim``, ...) must be positive integers. The image encoders
+(:class:`ConvEncoder`, :class:`FCEncoder`, :class:`NotesCNN`) take float images in [0, 1]; a
+``uint8`` batch (0-255) is converted as torchvision's ``ToTensor`` does, divided by 255 into
+float32 (:func:`clbook.checks.check_images`), never modified in place.
+
 Every encoder maps a batch to features ``[N, out_dim]``; that output is what linear probes,
 kNN and t-SNE look at. The contrastive loss is applied after a :class:`ProjectionHead`, which is
 thrown away after pre-training (Chen et al., 2020; Khosla et al., 2020): the head may discard
@@ -10,6 +15,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+from clbook.checks import check_images, check_int
 
 __all__ = [
     "MLPEncoder",
@@ -25,7 +32,20 @@ __all__ = [
 ]
 
 
+def _sizes(**sizes) -> list[int]:
+    """The given layer sizes as ints, each checked to be a positive integer."""
+    return [check_int(name, value, 1) for name, value in sizes.items()]
+
+
+def _images(x: Tensor, name: str) -> Tensor:
+    """A digit batch ``[N, 1, 28, 28]`` as floats (``uint8`` divided by 255)."""
+    _check_input(x, (1, 28, 28), name)
+    return check_images(f"{name} input", x)
+
+
 def _check_input(x: Tensor, trailing: tuple[int, ...], name: str) -> None:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} expects a tensor input, got {type(x).__name__}")
     if x.dim() != len(trailing) + 1 or tuple(x.shape[1:]) != trailing:
         raise ValueError(f"{name} expects input of shape [N, {', '.join(map(str, trailing))}], "
                          f"got {tuple(x.shape)}")
@@ -45,6 +65,7 @@ class MLPEncoder(nn.Module):
 
     def __init__(self, in_dim: int = 4, hidden: int = 64, out_dim: int = 16) -> None:
         super().__init__()
+        in_dim, hidden, out_dim = _sizes(in_dim=in_dim, hidden=hidden, out_dim=out_dim)
         self.in_dim, self.out_dim = in_dim, out_dim
         self.net = nn.Sequential(
             nn.Linear(in_dim, hidden), nn.ReLU(),
@@ -72,7 +93,9 @@ class ConvEncoder(nn.Module):
 
     def __init__(self, out_dim: int = 128, channels: tuple[int, int] = (16, 32)) -> None:
         super().__init__()
-        c1, c2 = channels
+        if not isinstance(channels, (tuple, list)) or len(channels) != 2:
+            raise ValueError(f"channels must be a pair of positive integers, got {channels!r}")
+        out_dim, c1, c2 = _sizes(out_dim=out_dim, **{"channels[0]": channels[0], "channels[1]": channels[1]})
         self.out_dim = out_dim
         self.features = nn.Sequential(
             nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -85,7 +108,7 @@ class ConvEncoder(nn.Module):
         self.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_input(x, (1, 28, 28), type(self).__name__)
+        x = _images(x, type(self).__name__)
         # Flatten reads the logical [C, H, W] order whatever the layout, so fc sees the usual order.
         return self.fc(self.features(x.contiguous(memory_format=torch.channels_last)))
 
@@ -104,6 +127,7 @@ class FCEncoder(nn.Module):
 
     def __init__(self, out_dim: int = 128, hidden: int = 512) -> None:
         super().__init__()
+        out_dim, hidden = _sizes(out_dim=out_dim, hidden=hidden)
         self.out_dim = out_dim
         self.net = nn.Sequential(
             nn.Flatten(), nn.Linear(28 * 28, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
@@ -111,8 +135,7 @@ class FCEncoder(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_input(x, (1, 28, 28), type(self).__name__)
-        return self.net(x)
+        return self.net(_images(x, type(self).__name__))
 
 
 # ----------------------------------------------------------------------------- the lecture notes' encoders
@@ -132,6 +155,7 @@ class NotesMLP(nn.Module):
 
     def __init__(self, in_dim: int = 4, hidden: int = 10, out_dim: int = 6) -> None:
         super().__init__()
+        in_dim, hidden, out_dim = _sizes(in_dim=in_dim, hidden=hidden, out_dim=out_dim)
         self.in_dim, self.out_dim = in_dim, out_dim
         self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.Tanh(), nn.Linear(hidden, out_dim))
 
@@ -173,6 +197,7 @@ class ProjectionHead(nn.Module):
     def __init__(self, in_dim: int = 128, hidden: int = 128, out_dim: int = 64, batchnorm: bool = False,
                  output_batchnorm: bool = False) -> None:
         super().__init__()
+        in_dim, hidden, out_dim = _sizes(in_dim=in_dim, hidden=hidden, out_dim=out_dim)
         hidden_norm = [nn.BatchNorm1d(hidden)] if batchnorm else []
         output_norm = [nn.BatchNorm1d(out_dim, affine=False)] if output_batchnorm else []
         self.net = nn.Sequential(nn.Linear(in_dim, hidden), *hidden_norm, nn.ReLU(), nn.Linear(hidden, out_dim),
@@ -203,8 +228,7 @@ class PredictionHead(nn.Module):
 
     def __init__(self, dim: int = 64, hidden: int = 32, batchnorm: bool = True) -> None:
         super().__init__()
-        if dim < 1 or hidden < 1:
-            raise ValueError(f"dim and hidden must be positive, got dim={dim}, hidden={hidden}")
+        dim, hidden = _sizes(dim=dim, hidden=hidden)
         self.dim = dim
         norm = [nn.BatchNorm1d(hidden)] if batchnorm else []
         self.net = nn.Sequential(nn.Linear(dim, hidden), *norm, nn.ReLU(), nn.Linear(hidden, dim))
@@ -234,9 +258,7 @@ class Prototypes(nn.Module):
 
     def __init__(self, dim: int, k: int) -> None:
         super().__init__()
-        for name, value in (("dim", dim), ("k", k)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        dim, k = _sizes(dim=dim, k=k)
         self.dim, self.k = dim, k
         self.weight = nn.Parameter(torch.randn(k, dim))
         self.normalize_()

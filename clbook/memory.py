@@ -13,18 +13,13 @@ vectors, since the losses compare them by cosine similarity.
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clbook.checks import check_int, check_probability
+
 __all__ = ["FeatureQueue", "MemoryBank", "momentum_update"]
-
-
-def _check_size(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _check_rows(name: str, x: Tensor, dim: int) -> None:
@@ -65,8 +60,7 @@ class FeatureQueue(nn.Module):
 
     def __init__(self, size: int, dim: int, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        _check_size("size", size)
-        _check_size("dim", dim)
+        size, dim = check_int("size", size, 1), check_int("dim", dim, 1)
         self.size, self.dim = size, dim
         self.register_buffer("queue", torch.zeros(size, dim, dtype=dtype))  # [K, D]
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))  # next row to write
@@ -128,11 +122,9 @@ class MemoryBank(nn.Module):
     def __init__(self, num_samples: int, dim: int, momentum: float = 0.5,
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
-        _check_size("num_samples", num_samples)
-        _check_size("dim", dim)
-        if not (isinstance(momentum, (int, float)) and 0.0 <= float(momentum) < 1.0):
-            raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
-        self.num_samples, self.dim, self.momentum = num_samples, dim, float(momentum)
+        num_samples, dim = check_int("num_samples", num_samples, 1), check_int("dim", dim, 1)
+        momentum = check_probability("momentum", momentum, high_open=True)
+        self.num_samples, self.dim, self.momentum = num_samples, dim, momentum
         self.register_buffer("bank", F.normalize(torch.randn(num_samples, dim, generator=generator), dim=1))
         self.register_buffer("seen", torch.zeros(num_samples, dtype=torch.bool))
 
@@ -186,7 +178,7 @@ class MemoryBank(nn.Module):
         Tensor, shape [k, D] (or [n, D], n < k, with ``seen_only``)
             A detached copy.
         """
-        _check_size("k", k)
+        k = check_int("k", k, 1)
         allowed = self.seen.cpu().clone() if seen_only else torch.ones(self.num_samples, dtype=torch.bool)
         if exclude is not None:
             allowed[self._check_indices(exclude).cpu()] = False
@@ -218,11 +210,7 @@ def momentum_update(target: nn.Module, online: nn.Module, m: float) -> None:
     Buffers (e.g. BatchNorm's running statistics) are copied, not averaged. Raises ``ValueError``
     if the two modules do not have the same parameter and buffer names and shapes.
     """
-    if isinstance(m, torch.Tensor) and m.dim() == 0 and m.dtype != torch.bool and not m.is_complex():
-        m = float(m)  # a 0-d tensor, e.g. a scheduled momentum
-    if isinstance(m, bool) or not (isinstance(m, numbers.Real) and 0.0 <= float(m) <= 1.0):  # NaN fails too
-        raise ValueError(f"momentum m must be a number in [0, 1], got {m!r}")
-    m = float(m)
+    m = check_probability("momentum m", m)  # a 0-d tensor too, e.g. a scheduled momentum; NaN fails
     t_params, o_params = dict(target.named_parameters()), dict(online.named_parameters())
     t_bufs, o_bufs = dict(target.named_buffers()), dict(online.named_buffers())
     for kind, t, o in (("parameter", t_params, o_params), ("buffer", t_bufs, o_bufs)):

@@ -18,31 +18,13 @@ effective rank uses the raw rows. Bad input raises ``ValueError``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from clbook.checks import check_features, check_real
+
 __all__ = ["alignment", "uniformity", "feature_std", "effective_rank", "feature_metrics"]
-
-
-def _check_features(name: str, z: Tensor, min_rows: int = 1) -> None:
-    if not isinstance(z, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
-    if z.dim() != 2:
-        raise ValueError(f"{name} must have shape [N, D], got shape {list(z.shape)}")
-    if not z.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got dtype {z.dtype}")
-    if z.shape[0] < min_rows or z.shape[1] == 0:
-        raise ValueError(f"{name} needs at least {min_rows} row(s) and one column, got shape {list(z.shape)}")
-    if not torch.isfinite(z).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-
-
-def _check_positive(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
 
 
 def _unit_rows(z: Tensor) -> Tensor:
@@ -70,11 +52,11 @@ def alignment(z1: Tensor, z2: Tensor, alpha: float = 2) -> float:
     -------
     float
     """
-    _check_features("z1", z1)
-    _check_features("z2", z2)
+    check_features("z1", z1, floating=True)
+    check_features("z2", z2, floating=True)
     if z1.shape != z2.shape:
         raise ValueError(f"z1 and z2 must have the same shape, got {list(z1.shape)} and {list(z2.shape)}")
-    _check_positive("alpha", alpha)
+    alpha = check_real("alpha", alpha)
     dist = (_unit_rows(z1) - _unit_rows(z2)).norm(dim=1)
     return dist.pow(alpha).mean().item()
 
@@ -102,8 +84,8 @@ def uniformity(z: Tensor, t: float = 2) -> float:
     -------
     float, <= 0
     """
-    _check_features("z", z, min_rows=2)
-    _check_positive("t", t)
+    check_features("z", z, min_rows=2, floating=True)
+    t = check_real("t", t)
     # pdist subtracts rows directly (no |a|^2 + |b|^2 - 2ab cancellation): identical rows give 0.
     sq = torch.pdist(_unit_rows(z)).pow(2)  # [N (N - 1) / 2]
     m = sq.min()
@@ -127,7 +109,7 @@ def feature_std(z: Tensor) -> float:
     -------
     float, in [0, 1 / sqrt(D)]
     """
-    _check_features("z", z)
+    check_features("z", z, floating=True)
     return _unit_rows(z).std(dim=0, correction=0).mean().item()
 
 
@@ -150,7 +132,7 @@ def effective_rank(z: Tensor) -> float:
     -------
     float
     """
-    _check_features("z", z)
+    check_features("z", z, floating=True)
     s = torch.linalg.svdvals(z.detach().double())
     if s.sum() <= 0:
         raise ValueError("z is all zeros: its effective rank is undefined")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from clbook.checks import check_int, check_real
 
 __all__ = ["show_matrix", "tsne_embed", "plot_embedding", "plot_tsne_pair", "plot_collapse"]
 
@@ -82,6 +85,8 @@ def tsne_embed(features, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
     """
     from sklearn.manifold import TSNE
 
+    seed = check_int("seed", seed, 0, 2**32 - 1)
+    perplexity = check_real("perplexity", perplexity)
     x = _numpy(features).astype(np.float32)
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"features must have shape [N, D] with N, D > 0, got {x.shape}")
@@ -156,7 +161,7 @@ def plot_tsne_pair(features: dict, labels, seed: int = 0, class_names=None, ncol
     Parameters
     ----------
     features : dict of str -> Tensor or array, each [N, D]
-        Title -> features, e.g. ``{"SupCon CNN": f1, "random CNN": f2}``.
+        Title -> features, e.g. ``{"SupCon CNN": f1, "random CNN": f2}``; at least one entry.
     labels : Tensor or array, shape [N]
     seed : int
         t-SNE's random state.
@@ -170,6 +175,11 @@ def plot_tsne_pair(features: dict, labels, seed: int = 0, class_names=None, ncol
     """
     import matplotlib.pyplot as plt
 
+    if not isinstance(features, Mapping):
+        raise ValueError(f"features must be a dict of title -> features [N, D], got {type(features).__name__}")
+    if not features:
+        raise ValueError("features is empty: no feature sets to plot; pass {title: features [N, D], ...}")
+    ncols = check_int("ncols", ncols, 1)
     n = len(features)
     ncols = min(ncols, n)
     nrows = -(-n // ncols)
@@ -207,6 +217,9 @@ def plot_collapse(histories: dict, proj_dim: int | None = None, n_classes: int =
     """
     import matplotlib.pyplot as plt
 
+    n_classes = check_int("n_classes", n_classes, 1)
+    if proj_dim is not None:
+        proj_dim = check_int("proj_dim", proj_dim, 1)
     if axes is None:
         _, axes = plt.subplots(1, 4, figsize=(14, 3.1), dpi=80)
     panels = [("proj_std", "std of normalized projections"), ("uniformity", "uniformity (validation)"),
