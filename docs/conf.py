@@ -193,6 +193,10 @@ def write_api_pages(app) -> None:
         # become explicit labels, and two modules' "Conventions" would collide.
         title = f"``clbook.{name}``"
         text = f"{title}\n{'=' * len(title)}\n\n.. automodule:: clbook.{name}\n"
+        if (ROOT / "clbook" / name.replace(".", "/") / "__init__.py").exists():
+            # A package's page documents what the package itself defines (a registry, say); what it
+            # re-exports from its modules is documented once, on their pages, so references resolve.
+            text += "   :ignore-module-all:\n"
         page = target / f"{name}.rst"
         if not page.exists() or page.read_text() != text:
             page.write_text(text)

@@ -121,8 +121,8 @@ def test_api_reference_has_a_page_per_module(html):
     assert "exercises" in modules and "exercises.core" in modules
     for module in modules:
         assert (html / "api" / f"{module}.html").exists(), f"no API page for clbook.{module}"
-    for module, name in [("losses", "nt_xent_loss"), ("cluster", "gmm_em"), ("exercises", "Exercise"),
-                         ("exercises.core", "Exercise"), ("exercises.nb02_nt_xent", "check_nt_xent"),
+    for module, name in [("losses", "nt_xent_loss"), ("cluster", "gmm_em"), ("methods", "make_method"),
+                         ("methods.moco", "MoCo"), ("exercises.core", "Exercise"), ("exercises.nb02_nt_xent", "check_nt_xent"),
                          ("student", "student_edition")]:
         page = (html / "api" / f"{module}.html").read_text(encoding="utf-8")
         assert f'id="clbook.{module}.{name}"' in page, f"clbook.{module}.{name} missing from the API reference"

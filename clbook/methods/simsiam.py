@@ -33,13 +33,15 @@ class SimSiam(Method):
     predictor : bool, default True
         ``False`` is the ablation without predictor (:math:`p_v = z_v`; it collapses too).
 
-    Several processes: the loss is a mean over the batch's own rows, so averaging the processes'
-    gradients gives the global batch's gradient; batch norm in the head sees only this process's
-    rows unless ``--sync-batchnorm`` is on.
-
+    Notes
+    -----
     Logged per epoch in ``History.metrics``: ``"proj_std"``, the mean over the epoch's batches of
     :func:`clbook.metrics.feature_std` of the projections :math:`z` (the paper's collapse monitor,
     to compare with ``1 / sqrt(proj_dim)``).
+
+    Several processes: the loss is a mean over the batch's own rows, so averaging the processes'
+    gradients gives the global batch's gradient; batch norm in the head sees only this process's
+    rows unless ``--sync-batchnorm`` is on.
     """
 
     needs_negatives = False  # the loss compares each sample with itself only
