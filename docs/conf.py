@@ -13,6 +13,8 @@ the build, so the pages read offline. The course table on the index page is gene
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
 import shutil
 import sys
@@ -164,23 +166,56 @@ def write_course_table(app) -> None:
 # ----------------------------------------------------------------------------- API pages
 
 
+def api_modules() -> list[str]:
+    """The public modules and packages of clbook: ``losses`` is a package, the rest are files."""
+    files = [p.stem for p in (ROOT / "clbook").glob("*.py")]
+    packages = [p.parent.name for p in (ROOT / "clbook").glob("*/__init__.py")]
+    return sorted(name for name in files + packages if not name.startswith("_"))
+
+
+def api_page(name: str) -> str:
+    """The reStructuredText of ``clbook.<name>``'s page.
+
+    A module: its docstring and members. A package: its docstring, then one section per file, in
+    the order of the package's ``__all__``: the file's docstring (the plain form of its loss),
+    then its public names, documented under the package (``clbook.losses.nt_xent_loss``), which is
+    where they are imported from and what the other docstrings refer to.
+    """
+    # reStructuredText rather than MyST: in a MyST page, the sections of a docstring would
+    # become explicit labels, and two modules' "Conventions" would collide.
+    title = f"``clbook.{name}``"
+    text = f"{title}\n{'=' * len(title)}\n\n.. automodule:: clbook.{name}\n"
+    if not (ROOT / "clbook" / name / "__init__.py").exists():
+        return text
+    package = importlib.import_module(f"clbook.{name}")
+    files: dict[str, list[str]] = {}  # file -> its names in the package's __all__, in that order
+    for member in package.__all__:
+        files.setdefault(getattr(package, member).__module__, []).append(member)
+    text += "   :no-members:\n"
+    for module, members in files.items():
+        heading = f"``{module.rpartition('.')[2]}``"
+        text += (f"\n{heading}\n{'-' * len(heading)}\n\n.. automodule:: {module}\n   :no-members:\n\n"
+                 f".. currentmodule:: clbook.{name}\n")
+        for member in members:
+            kind = "class" if inspect.isclass(getattr(package, member)) else "function"
+            text += f"\n.. auto{kind}:: {member}\n"
+    return text
+
+
 def write_api_pages(app) -> None:
-    """One page per module of clbook in docs/api/ (generated, not tracked): new modules get one too.
+    """One page per module or package of clbook in docs/api/ (generated, not tracked): new ones get one too.
 
     One page each, because several module docstrings have a section of the same name
     ("Conventions"), which on a shared page would be duplicate targets.
     """
     target = DOCS / "api"
     target.mkdir(exist_ok=True)
-    modules = sorted(p.stem for p in (ROOT / "clbook").glob("*.py") if not p.stem.startswith("_"))
+    modules = api_modules()
     for stale in target.glob("*.*"):
         if stale.stem not in modules or stale.suffix != ".rst":
             stale.unlink()
     for name in modules:
-        # reStructuredText rather than MyST: in a MyST page, the sections of a docstring would
-        # become explicit labels, and two modules' "Conventions" would collide.
-        title = f"``clbook.{name}``"
-        text = f"{title}\n{'=' * len(title)}\n\n.. automodule:: clbook.{name}\n"
+        text = api_page(name)
         page = target / f"{name}.rst"
         if not page.exists() or page.read_text() != text:
             page.write_text(text)

@@ -111,10 +111,23 @@ def test_the_book_reads_offline_with_local_mathjax(html):
 
 
 def test_api_reference_has_a_page_per_module(html):
-    modules = sorted(p.stem for p in (ROOT / "clbook").glob("*.py") if not p.stem.startswith("_"))
+    files = [p.stem for p in (ROOT / "clbook").glob("*.py")]
+    packages = [p.parent.name for p in (ROOT / "clbook").glob("*/__init__.py")]
+    modules = sorted(name for name in files + packages if not name.startswith("_"))
+    assert "losses" in modules and "distributed" in modules
     for module in modules:
         assert (html / "api" / f"{module}.html").exists(), f"no API page for clbook.{module}"
     for module, name in [("losses", "nt_xent_loss"), ("cluster", "gmm_em"), ("exercises", "Exercise"),
-                         ("student", "student_edition")]:
+                         ("student", "student_edition"), ("distributed", "gather_rows")]:
         page = (html / "api" / f"{module}.html").read_text(encoding="utf-8")
         assert f'id="clbook.{module}.{name}"' in page, f"clbook.{module}.{name} missing from the API reference"
+
+
+def test_api_page_of_a_package_documents_every_public_name_under_the_package(html):
+    import clbook.losses
+
+    page = (html / "api" / "losses.html").read_text(encoding="utf-8")
+    for name in clbook.losses.__all__:
+        assert f'id="clbook.losses.{name}"' in page, f"clbook.losses.{name} missing from the API reference"
+    for part in ("margin", "nt_xent", "supcon", "info_nce", "no_negatives", "swav"):
+        assert f'id="module-clbook.losses.{part}"' in page, f"no section for clbook.losses.{part}"
