@@ -78,7 +78,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # so that "python benchmarks/bench_losses.py" finds clbook
 
-import clbook.losses as L  # noqa: E402
+from clbook.losses import _tiled  # noqa: E402  (the tiling thresholds: the losses read them at call time)
 from clbook.losses import nt_xent_loss, supcon_loss  # noqa: E402
 from clbook.reference import naive_nt_xent_loss, supcontrast_loss  # noqa: E402
 
@@ -222,16 +222,16 @@ class untiled_path:
     """Context: clbook's losses never tile, whatever the size (what they did before block_size)."""
 
     def __enter__(self):
-        self.saved = L._UNTILED_MAX_LOGITS
-        L._UNTILED_MAX_LOGITS = float("inf")
+        self.saved = _tiled._UNTILED_MAX_LOGITS
+        _tiled._UNTILED_MAX_LOGITS = float("inf")
 
     def __exit__(self, *exc):
-        L._UNTILED_MAX_LOGITS = self.saved
+        _tiled._UNTILED_MAX_LOGITS = self.saved
 
 
 def tiled_block(m: int) -> int:
     """The block size clbook picks for m rows past its threshold (forced below it too)."""
-    return min(m, L._auto_block(m, m, None) or max(32, min(L._TILE_LOGITS // m, -(-m // 4))))
+    return min(m, _tiled._auto_block(m, m, None) or max(32, min(_tiled._TILE_LOGITS // m, -(-m // 4))))
 
 
 def tiled_impls(kind: str) -> list[Impl]:

@@ -13,6 +13,8 @@ the build, so the pages read offline. The course table on the index page is gene
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
 import shutil
 import sys
@@ -165,22 +167,59 @@ def write_course_table(app) -> None:
 
 
 def api_modules() -> list[str]:
-    """Public modules of clbook, named below it: ``"losses"``, a package ``"exercises"``, its ``"exercises.core"``."""
-    modules = []
-    for path in (ROOT / "clbook").rglob("*.py"):
-        parts = path.relative_to(ROOT / "clbook").with_suffix("").parts
-        parts = parts[:-1] if parts[-1] == "__init__" else parts  # a package's page is its __init__'s
-        if parts and not any(part.startswith("_") for part in parts):
-            modules.append(".".join(parts))
-    return sorted(modules)
+    """The public modules and packages of clbook: ``losses`` is a package, the rest are files."""
+    files = [p.stem for p in (ROOT / "clbook").glob("*.py")]
+    packages = [p.parent.name for p in (ROOT / "clbook").glob("*/__init__.py")]
+    return sorted(name for name in files + packages if not name.startswith("_"))
+
+
+def api_page(name: str) -> str:
+    """The reStructuredText of ``clbook.<name>``'s page.
+
+    A module: its docstring and members. A package: its docstring, then one section per file, in
+    the order of the package's ``__all__``: the file's docstring (the plain form of its loss),
+    then its public names, documented under the package (``clbook.losses.nt_xent_loss``), which is
+    where they are imported from and what the other docstrings refer to.
+    """
+    # reStructuredText rather than MyST: in a MyST page, the sections of a docstring would
+    # become explicit labels, and two modules' "Conventions" would collide.
+    title = f"``clbook.{name}``"
+    text = f"{title}\n{'=' * len(title)}\n\n.. automodule:: clbook.{name}\n"
+    if not (ROOT / "clbook" / name / "__init__.py").exists():
+        return text
+    package = importlib.import_module(f"clbook.{name}")
+    files: dict[str, list[str]] = {}  # file -> its names in the package's __all__, in that order
+    for member in package.__all__:
+        obj = getattr(package, member)
+        if inspect.isclass(obj) or inspect.isfunction(obj):
+            home = obj.__module__
+        else:  # data (a registry): the file that lists it, whose "#:" comment documents it
+            homes = [m for m in sys.modules.values() if getattr(m, "__name__", "").startswith(f"{package.__name__}.")
+                     and member in getattr(m, "__all__", ())]
+            home = homes[0].__name__ if homes else package.__name__
+        files.setdefault(home, []).append(member)
+    text += "   :no-members:\n"
+    for module, members in files.items():
+        if module == package.__name__:  # defined in the package itself (a registry, say): no section
+            text += f"\n.. currentmodule:: clbook.{name}\n"
+        else:
+            heading = f"``{module.rpartition('.')[2]}``"
+            text += (f"\n{heading}\n{'-' * len(heading)}\n\n.. automodule:: {module}\n   :no-members:\n\n"
+                     f".. currentmodule:: clbook.{name}\n")
+        for member in members:
+            obj = getattr(package, member)
+            kind = "class" if inspect.isclass(obj) else "function" if callable(obj) else "data"
+            # Data is documented where its "#:" comment is: in the package itself, or in its file.
+            where = f"{module}." if kind == "data" and module != package.__name__ else ""
+            text += f"\n.. auto{kind}:: {where}{member}\n"
+    return text
 
 
 def write_api_pages(app) -> None:
-    """One page per module of clbook in docs/api/ (generated, not tracked): new modules get one too.
+    """One page per module or package of clbook in docs/api/ (generated, not tracked): new ones get one too.
 
     One page each, because several module docstrings have a section of the same name
-    ("Conventions"), which on a shared page would be duplicate targets. A package gets a page, and
-    so does each of its modules.
+    ("Conventions"), which on a shared page would be duplicate targets.
     """
     target = DOCS / "api"
     target.mkdir(exist_ok=True)
@@ -189,14 +228,7 @@ def write_api_pages(app) -> None:
         if stale.stem not in modules or stale.suffix != ".rst":
             stale.unlink()
     for name in modules:
-        # reStructuredText rather than MyST: in a MyST page, the sections of a docstring would
-        # become explicit labels, and two modules' "Conventions" would collide.
-        title = f"``clbook.{name}``"
-        text = f"{title}\n{'=' * len(title)}\n\n.. automodule:: clbook.{name}\n"
-        if (ROOT / "clbook" / name.replace(".", "/") / "__init__.py").exists():
-            # A package's page documents what the package itself defines (a registry, say); what it
-            # re-exports from its modules is documented once, on their pages, so references resolve.
-            text += "   :ignore-module-all:\n"
+        text = api_page(name)
         page = target / f"{name}.rst"
         if not page.exists() or page.read_text() != text:
             page.write_text(text)

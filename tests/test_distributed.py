@@ -5,7 +5,8 @@ same whole batch from a seed, keeps its half, computes the loss with ``gather_di
 and saves its loss, its gradients and the one-process reference on the concatenated batch; the
 test compares them here. Under DDP the gradient of each rank is ``world_size`` times its rows'
 share of the whole batch's gradient (DDP divides by ``world_size``), so that is what is checked;
-the last case runs one DDP training step and compares the parameters.
+the last case runs one DDP training step and compares the parameters. The same spawn checks the
+public helpers of ``clbook.distributed`` on their own.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
+from clbook.distributed import all_gather_rows, gather_rows, global_mean, world_info
 from clbook.losses import info_nce_loss, nt_xent_loss, supcon_loss
 
 WORLD = 2
@@ -106,12 +108,33 @@ def _ddp_step(rank: int) -> dict:
     return errors
 
 
+def _helpers(rank: int) -> dict:
+    """clbook.distributed's public functions on their own, as methods will call them."""
+    world = world_info(True)
+    x = (torch.arange(6.0).view(3, 2) + 10 * rank).requires_grad_()
+    gathered = gather_rows(x, world)
+    # Rank r's loss weights every gathered row by (r + 1) * w: x's gradient must be the sum over ranks.
+    w = torch.arange(2.0 * 3 * WORLD).view(3 * WORLD, 2)
+    ((rank + 1) * (gathered * w).sum()).backward()
+    share = torch.tensor(float(rank + 1), requires_grad=True)
+    mean = global_mean(share, world)
+    mean.backward()
+    try:
+        gather_rows(torch.zeros(3 + rank, 2), world)
+        unequal = ""
+    except ValueError as e:
+        unequal = str(e)
+    return {"world": world, "no gather": world_info(False), "ranks": all_gather_rows(torch.tensor([rank])).tolist(),
+            "gathered": gathered.detach(), "grad": x.grad, "mean": mean.item(), "share grad": share.grad.item(),
+            "unequal": unequal}
+
+
 def _worker(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                                          world_size=WORLD)
     try:
-        torch.save({"cases": _cases(rank), "ddp": _ddp_step(rank)}, f"{out_dir}/rank{rank}.pt")
+        torch.save({"cases": _cases(rank), "ddp": _ddp_step(rank), "helpers": _helpers(rank)}, f"{out_dir}/rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
 
@@ -141,3 +164,24 @@ def test_one_ddp_step_matches_the_single_process_step(results, case):
         print(f"{case}, rank {rank}: max |DDP parameter - single-process parameter| = {errors[case]:.1e}")
         assert errors[case + " (moved)"] > 1e-3  # the step really changed the parameters
         assert errors[case] <= TOL
+
+
+def test_the_distributed_helpers_gather_in_rank_order_and_sum_gradients(results):
+    whole = torch.cat([torch.arange(6.0).view(3, 2) + 10 * r for r in range(WORLD)])
+    w = torch.arange(2.0 * 3 * WORLD).view(3 * WORLD, 2)
+    for rank in range(WORLD):
+        h = results[rank]["helpers"]
+        assert h["world"] == (rank, WORLD) and h["no gather"] is None
+        assert h["ranks"] == list(range(WORLD))
+        assert torch.equal(h["gathered"], whole)
+        # Every rank's loss reaches this rank's rows: the gradient is summed over ranks, not local.
+        torch.testing.assert_close(h["grad"], sum(r + 1 for r in range(WORLD)) * w[rank * 3 : (rank + 1) * 3])
+        # The whole batch's loss on every rank; the gradient scaled by the world size for DDP's average.
+        assert h["mean"] == sum(r + 1 for r in range(WORLD)) and h["share grad"] == WORLD
+        assert "same batch size on every process" in h["unequal"]
+
+
+def test_one_process_gathers_nothing():
+    assert world_info(True) is None and world_info(False) is None
+    share = torch.tensor(2.0)
+    assert global_mean(share, None) is share

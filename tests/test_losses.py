@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from pytorch_metric_learning import losses as pml
 
-import clbook.losses as L
+import clbook.losses.nt_xent
+import clbook.losses.supcon
 from clbook.losses import (
     MarginContrastiveLoss,
     NTXentLoss,
@@ -386,10 +387,13 @@ def test_invariant_to_a_constant_added_to_one_row_of_logits(monkeypatch, loss_na
         "supcon_in": lambda: supcon_loss(features, labels, temperature=0.2, variant="in"),
     }[loss_name]
     before = compute().item()
-    original = L._masked_logits
+    # The name the loss's own module reads at call time (each file imports _masked_logits from _checks).
+    module = {"nt_xent": clbook.losses.nt_xent, "supcon_in": clbook.losses.supcon}[loss_name]
+    original, calls = module._masked_logits, []
     shift = torch.linspace(-50.0, 80.0, 12, dtype=torch.float64)[:, None]
-    monkeypatch.setattr(L, "_masked_logits", lambda rows: original(rows) + shift)
+    monkeypatch.setattr(module, "_masked_logits", lambda rows: calls.append(1) or original(rows) + shift)
     assert compute().item() == pytest.approx(before, rel=1e-9)
+    assert calls  # the shifted logits were used: the invariance was tested, not skipped
 
 
 @pytest.mark.parametrize("t", [0.01, 0.05])
@@ -469,7 +473,7 @@ def dense_supcon_out(features: torch.Tensor, positive: torch.Tensor, t: float, n
 def test_supcon_gradient_matches_autograd_reference(monkeypatch, seed, one_product_max_rows):
     # supcon_loss writes L_out's backward out by hand (two code paths by size); autograd through
     # a dense masked log-softmax is the reference.
-    monkeypatch.setattr(L, "_ONE_PRODUCT_MAX_ROWS", one_product_max_rows)
+    monkeypatch.setattr(clbook.losses.supcon, "_ONE_PRODUCT_MAX_ROWS", one_product_max_rows)
     g, n, d, t = random_case(seed)
     v = 1 + seed % 3
     features = torch.randn(n, v, d, generator=g, dtype=torch.float64, requires_grad=True)
@@ -486,6 +490,7 @@ def test_supcon_gradient_matches_autograd_reference(monkeypatch, seed, one_produ
             continue  # no anchor has a positive: covered by its own test
         (want,) = torch.autograd.grad(expected, features)
         got = supcon_loss(features if v > 1 else features[:, 0], temperature=t, normalize=normalize, **kwargs)
+        assert got.grad_fn.symmetric == (one_product_max_rows > 0)  # the patched size switch chose the path
         (have,) = torch.autograd.grad(got, features)
         assert got.item() == pytest.approx(expected.item(), rel=1e-9, abs=1e-12), kwargs
         torch.testing.assert_close(have, want, rtol=1e-9, atol=1e-12, msg=str(kwargs))
@@ -494,7 +499,7 @@ def test_supcon_gradient_matches_autograd_reference(monkeypatch, seed, one_produ
 def test_supcon_gradient_at_a_size_past_the_one_product_limit():
     # The default size switch, exercised for real: more rows than _ONE_PRODUCT_MAX_ROWS.
     g = torch.Generator().manual_seed(21)
-    n = L._ONE_PRODUCT_MAX_ROWS // 2 + 5
+    n = clbook.losses.supcon._ONE_PRODUCT_MAX_ROWS // 2 + 5
     features = torch.randn(n, 2, 16, generator=g, dtype=torch.float64, requires_grad=True)
     labels = torch.randint(0, 10, (n,), generator=g)
     (want,) = torch.autograd.grad(dense_supcon_out(features, torch.tensor(label_mask(labels, 2)), 0.1, True), features)

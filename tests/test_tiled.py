@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import clbook.losses as L
+from clbook.losses import _tiled, supcon
+from clbook.losses import nt_xent as nt_xent_module
 from clbook.losses import InfoNCELoss, NTXentLoss, SupConLoss, info_nce_loss, nt_xent_loss, supcon_loss
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
@@ -180,22 +181,72 @@ def test_half_precision_tiled_is_computed_in_float32(half):
 
 def test_automatic_choice_tiles_only_large_batches(monkeypatch):
     calls = []
-    original = L._SelfLSE.apply
-    monkeypatch.setattr(L._SelfLSE, "apply", lambda *a: calls.append(a[2]) or original(*a))
+    original = _tiled._SelfLSE.apply
+    monkeypatch.setattr(_tiled._SelfLSE, "apply", lambda *a: calls.append(a[2]) or original(*a))
     g = torch.Generator().manual_seed(0)
     z1, z2 = torch.randn(10, 4, generator=g), torch.randn(10, 4, generator=g)
     untiled = nt_xent_loss(z1, z2)
     assert calls == []  # 20 rows: one [20, 20] matrix
-    monkeypatch.setattr(L, "_UNTILED_MAX_LOGITS", 100)
-    monkeypatch.setattr(L, "_TILE_LOGITS", 7 * 20)
+    monkeypatch.setattr(_tiled, "_UNTILED_MAX_LOGITS", 100)
+    monkeypatch.setattr(_tiled, "_TILE_LOGITS", 7 * 20)
     tiled = nt_xent_loss(z1, z2)
     assert calls == [32]  # never fewer than 32 rows per block
     assert tiled.item() == pytest.approx(untiled.item(), abs=1e-6)
-    monkeypatch.setattr(L, "_TILE_LOGITS", 1 << 23)
-    assert L._auto_block(100, 100, None) == 32 and L._auto_block(10, 10**6, None) == 32
-    assert L._auto_block(8192, 8192, None) == 1024 and L._auto_block(32768, 32768, None) == 256
-    assert L._auto_block(4096, 4096, None) == 1024 and L._auto_block(2050, 2050, None) == 513  # at least 4 blocks
-    assert L._auto_block(10, 10, 3) == 3  # an explicit block size always tiles
+    monkeypatch.setattr(_tiled, "_TILE_LOGITS", 1 << 23)
+    assert _tiled._auto_block(100, 100, None) == 32 and _tiled._auto_block(10, 10**6, None) == 32
+    assert _tiled._auto_block(8192, 8192, None) == 1024 and _tiled._auto_block(32768, 32768, None) == 256
+    assert _tiled._auto_block(4096, 4096, None) == 1024 and _tiled._auto_block(2050, 2050, None) == 513  # at least 4 blocks
+    assert _tiled._auto_block(10, 10, 3) == 3  # an explicit block size always tiles
+
+
+def graph_nodes(loss: torch.Tensor) -> set[str]:
+    """Names of the autograd nodes behind ``loss``: which path computed it."""
+    seen, todo, names = set(), [loss.grad_fn], set()
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        todo.extend(fn for fn, _ in node.next_functions)
+    return names
+
+
+def test_the_private_names_that_tests_patch_are_the_ones_the_losses_read(monkeypatch):
+    # Tests and the benchmark patch module attributes (thresholds, helpers). After a move, a patch of
+    # a copy the code no longer reads would make them pass vacuously: here each patch must change
+    # what runs.
+    g = torch.Generator().manual_seed(3)
+    z1, z2 = torch.randn(6, 4, generator=g, requires_grad=True), torch.randn(6, 4, generator=g)
+    features, labels = torch.randn(6, 2, 4, generator=g, requires_grad=True), torch.tensor([0, 1, 0, 1, 2, 2])
+
+    def paths() -> list[set[str]]:
+        return [graph_nodes(nt_xent_loss(z1, z2)), graph_nodes(supcon_loss(features, labels)),
+                graph_nodes(info_nce_loss(z1, z2)), graph_nodes(info_nce_loss(z1, z2, z2.flip(0)))]
+
+    # _tiled._UNTILED_MAX_LOGITS decides for every softmax loss, read at call time.
+    plain = paths()
+    assert not any({"_SelfLSEBackward", "_CrossLSEBackward"} & nodes for nodes in plain)
+    assert "_SupConOutBackward" in plain[1]
+    monkeypatch.setattr(_tiled, "_UNTILED_MAX_LOGITS", 0)
+    tiled = paths()
+    assert "_SelfLSEBackward" in tiled[0] and "_SelfLSEBackward" in tiled[1] and "_SupConOutBackward" not in tiled[1]
+    assert "_CrossLSEBackward" in tiled[2] and "_CrossLSEBackward" in tiled[3]
+    # _tiled._TILE_LOGITS sets the block size.
+    assert _tiled._auto_block(8192, 8192, None) == 1024
+    monkeypatch.setattr(_tiled, "_TILE_LOGITS", 1 << 20)
+    assert _tiled._auto_block(8192, 8192, None) == 128
+    monkeypatch.undo()
+    # supcon._ONE_PRODUCT_MAX_ROWS chooses _SupConOut's backward (its node is its ctx).
+    assert supcon_loss(features, labels).grad_fn.symmetric  # 12 rows: P + P^T, one product
+    monkeypatch.setattr(supcon, "_ONE_PRODUCT_MAX_ROWS", 0)
+    assert not supcon_loss(features, labels).grad_fn.symmetric
+    # _masked_logits as nt_xent.py and supcon.py read it (each through its own module's global).
+    for module in (nt_xent_module, supcon):
+        calls = []
+        monkeypatch.setattr(module, "_masked_logits", lambda rows, f=module._masked_logits: calls.append(1) or f(rows))
+        nt_xent_loss(z1, z2) if module is nt_xent_module else supcon_loss(features, labels, variant="in")
+        assert calls, module.__name__
 
 
 @pytest.mark.parametrize("bad", [0, -2, 2.5, True, "8"])

@@ -53,6 +53,7 @@ class Entry:
 # The epoch counts are upper bounds: pretrain() keeps the epoch with the best validation kNN
 # accuracy, on a validation part carved from the training digits. Temperatures were picked the
 # same way (seed 0): SimCLR's among 0.2, 0.3 and 0.5, MoCo's among 0.1 and 0.2.
+#: Name -> :class:`Entry`: every method of the course, with its MNIST recipes, in row order.
 REGISTRY: dict[str, Entry] = {
     # Labels and light augmentation: the gap to the random twin is large, one seed suffices.
     "supcon": Entry(SupCon,
@@ -89,7 +90,7 @@ REGISTRY: dict[str, Entry] = {
 for _name, _entry in REGISTRY.items():
     _entry.cls.name = _name  # the registry names the methods (progress bars, errors, checkpoints)
 
-# Name -> class, for code that only needs to build methods.
+#: Name -> class, for code that only needs to build methods (a view of :data:`REGISTRY`).
 METHODS: dict[str, type[Method]] = {name: entry.cls for name, entry in REGISTRY.items()}
 
 

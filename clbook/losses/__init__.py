@@ -1,0 +1,56 @@
+"""Contrastive losses: DrLIM margin loss, triplet loss, NT-Xent (SimCLR), SupCon and InfoNCE (MoCo);
+the losses without negatives of SimSiam (negative cosine) and BYOL (normalized MSE); and SwAV's
+swapped prediction.
+
+One file per loss family, each opening with the plain form of its loss (the formula, the shapes,
+the computation that runs on an ordinary batch), its fast path beside it and its ``nn.Module``
+wrapper after it: ``margin`` (DrLIM, triplet), ``nt_xent``, ``supcon``, ``info_nce``,
+``no_negatives`` (negative cosine, normalized MSE) and ``swav``. Every public name is re-exported
+here: ``from clbook.losses import nt_xent_loss``. The machinery is private: ``_checks`` (input
+checks, the float32 rule, norms, the logits of the softmax losses) and ``_tiled`` (the tiled
+log-denominators, with the thresholds that decide when a loss tiles); the rows of every process
+come from :mod:`clbook.distributed`.
+
+Conventions shared by every function here
+-----------------------------------------
+* A batch is a tensor whose first dimension indexes samples: ``[N, D]`` for N embeddings of
+  size D, or ``[N, V, D]`` for V views of each of N samples (as in the SupContrast reference).
+* Every loss returns a scalar: the mean over the anchors (or pairs, or triplets) that have a
+  defined loss.
+* Softmax losses are computed in log space (log-sum-exp over the row, diagonal excluded), so
+  they stay finite at temperature 0.01 and for large unnormalized inputs.
+* Half precision (float16, bfloat16, e.g. under GPU autocast) is computed in float32 and the
+  loss is returned in the input's dtype: every loss starts with
+  ``(x1, x2), dtype = _to_float32(x1, x2)`` and ends with ``return _result(loss, dtype, name)``
+  (both from ``clbook.losses._checks``). ``_to_float32`` upcasts only half-precision tensors
+  (float32 and float64 pass untouched, at no cost); ``_result`` raises ``ValueError`` instead of
+  returning inf or NaN when a value overflowed (inputs near float32's range, a tiny temperature)
+  or does not fit the returned dtype. New losses follow the same two lines.
+* Numbers (``temperature``, ``margin``) may be Python or NumPy numbers or 0-d tensors; a 0-d tensor
+  that requires grad (a learnable temperature) keeps its gradient. No function changes a tensor it
+  was given.
+* Bad input raises ``ValueError`` naming the problem; nothing here returns a silent NaN.
+"""
+
+from clbook.losses.info_nce import InfoNCELoss, info_nce_loss
+from clbook.losses.margin import MarginContrastiveLoss, TripletMarginLoss, margin_contrastive_loss, triplet_margin_loss
+from clbook.losses.no_negatives import negative_cosine_loss, normalized_mse_loss
+from clbook.losses.nt_xent import NTXentLoss, nt_xent_loss
+from clbook.losses.supcon import SupConLoss, supcon_loss
+from clbook.losses.swav import swav_loss
+
+__all__ = [
+    "margin_contrastive_loss",
+    "triplet_margin_loss",
+    "nt_xent_loss",
+    "supcon_loss",
+    "info_nce_loss",
+    "negative_cosine_loss",
+    "normalized_mse_loss",
+    "swav_loss",
+    "MarginContrastiveLoss",
+    "TripletMarginLoss",
+    "NTXentLoss",
+    "SupConLoss",
+    "InfoNCELoss",
+]
