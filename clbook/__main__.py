@@ -8,8 +8,8 @@ no augmentation), ``seconds`` and ``data``. The file's path is checked before th
 file is replaced only with ``--overwrite``), and the JSON is strict: a value that is not a finite
 number is written as ``null``.
 
-``pretrain --method {simclr,supcon} [...]`` pre-trains the course's CNN on MNIST or a folder of
-images, on one process or under ``torchrun --nproc_per_node=K -m clbook pretrain ...``, with a
+``pretrain --method NAME [...]`` pre-trains the course's CNN with any method of the registry
+(:data:`clbook.methods.REGISTRY`) on MNIST or a folder of images, on one process or under ``torchrun --nproc_per_node=K -m clbook pretrain ...``, with a
 checkpoint to resume from and a final linear probe (see :mod:`clbook.launch`).
 
 ``student-edition OUTDIR [NOTEBOOK ...]`` writes the notebooks with every solution replaced by a stub.
@@ -58,12 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     stu = sub.add_parser("student-edition", help="write the notebooks with every solution replaced by a stub")
     stu.add_argument("outdir", help="folder for the student notebooks (created if needed)")
     stu.add_argument("notebooks", nargs="*", help="notebooks to convert (default: every notebook of the course)")
-    from clbook.launch import add_arguments, run_pretrain
+    from clbook.launch import add_arguments, check_arguments, run_pretrain
 
     add_arguments(sub.add_parser("pretrain", help="pre-train an encoder (one process, or several under torchrun)"))
     args = parser.parse_args(argv)
     if args.command == "pretrain":
-        run_pretrain(args)
+        try:
+            check_arguments(args, int(os.environ.get("WORLD_SIZE", "1")))  # before any work
+            run_pretrain(args)
+        except (ValueError, FileNotFoundError) as err:
+            return _error("pretrain", err)
         return 0
     if args.command == "student-edition":
         return _student_edition(args.outdir, args.notebooks)
@@ -71,12 +75,17 @@ def main(argv: list[str] | None = None) -> int:
         problem = _json_path_problem(args.json, args.overwrite)
         if problem:
             parser.error(problem)  # before the minutes-long run, not after it
+    if args.data is not None and not Path(args.data).is_dir():
+        return _error("reproduce", f"--data {args.data}: no such folder")
 
     from clbook.data import load_mnist
     from clbook.experiments import format_table, reproduce
 
     start = time.perf_counter()
-    split = load_mnist(root=args.data)
+    try:
+        split = load_mnist(root=args.data)
+    except (ValueError, FileNotFoundError) as err:
+        return _error("reproduce", err)
     results = reproduce(quick=args.quick, progress=args.progress, split=split)
     print()
     print(format_table(results))
@@ -88,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
             f.write("\n")
         print(f"Wrote {len(results)} rows to {args.json}")
     return 0
+
+
+def _error(command: str, err: Exception | str) -> int:
+    """One line on stderr, no traceback, and status 2 (argparse's status for a usage error)."""
+    print(f"python -m clbook {command}: error: {' '.join(str(err).split())}", file=sys.stderr)
+    return 2
 
 
 def _student_edition(outdir: str, notebooks: list[str]) -> int:

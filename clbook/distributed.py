@@ -29,7 +29,7 @@ import torch
 import torch.distributed  # noqa: F401  (torch.distributed.* below)
 from torch import Tensor, nn
 
-__all__ = ["world_info", "all_gather_rows", "gather_rows", "global_mean", "average_gradients",
+__all__ = ["world_info", "all_gather_rows", "gather_rows", "global_mean", "average_gradients", "average_value",
            "GlobalBatchNorm1d", "convert_sync_batchnorm"]
 
 
@@ -174,6 +174,20 @@ def average_gradients(params: list[nn.Parameter]) -> None:
     for g in grads:
         g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
+
+
+def average_value(value: Tensor) -> float:
+    """The mean of a scalar over the processes (the value itself with one process).
+
+    For logging a loss: a gathered loss is already the same on every rank, and a loss that is a
+    mean over the rank's own rows (SimSiam, BYOL, SwAV) averages to the global batch's mean.
+    """
+    world = world_info(True)
+    if world is None:
+        return value.item()
+    total = value.detach().reshape(1).clone()
+    torch.distributed.all_reduce(total)
+    return total.item() / world[1]
 
 
 class GlobalBatchNorm1d(nn.BatchNorm1d):

@@ -2,53 +2,52 @@
 
 One process::
 
-    python -m clbook pretrain --method simclr --epochs 15      # or supcon, or moco
+    python -m clbook pretrain --method simclr --epochs 15      # any method of clbook.methods.REGISTRY
 
-K processes on one machine (gloo on CPU, nccl when there are GPUs, chosen automatically)::
+K processes on one machine (gloo on the CPU, nccl when there are GPUs, chosen automatically)::
 
     torchrun --nproc_per_node=K -m clbook pretrain --method simclr --epochs 15
 
-Under ``torchrun`` every process trains a copy of the network on its own share of each epoch
-(``DistributedSampler``), ``DistributedDataParallel`` averages the gradients, and the loss is
-computed with ``gather_distributed=True``: every process's embeddings are negatives for every
-other's, so K processes with ``--batch-size B`` train exactly like one process with a batch of
-K * B (tests/test_distributed.py checks this to 1e-5). Rank 0 shows the progress bar, writes the
-checkpoint after every epoch and runs the final linear probe; ``--resume`` continues from the
-checkpoint. With ``--method moco`` the key network is a momentum copy of the network on every
-rank (the ranks stay identical, since DDP keeps the online weights identical), the queries of every
-rank meet the keys of every rank, and the queue receives the whole global batch's keys, so every
-rank's queue holds the same negatives. Everything lives on the device of the data: ``cuda:LOCAL_RANK`` when CUDA is there,
-else the CPU.
+Every registered method runs here through the same per-step code as in a notebook,
+:func:`clbook.training.train_step`; nothing about a method is written twice. Its settings
+(temperature, augmentation, head, options) are its recipe in the registry, and the command line
+overrides them.
+
+Under ``torchrun`` every process trains a copy of the network on its own share of each global
+batch: the batch order is drawn from the seed (the same on every rank) and rank r takes rows
+``[r * B, (r + 1) * B)`` of each global batch of ``K * B``. After ``backward`` the gradients are
+averaged over the processes (:func:`clbook.distributed.average_gradients`, what DDP does), and the
+method's loss is computed with ``gather_distributed=True``: every process's embeddings are
+negatives for every other's, so K processes with ``--batch-size B`` train like one process with a
+batch of K * B (tests/test_distributed.py checks one step of every method against that).
+``--sync-batchnorm`` computes the heads' batch norm over the global batch too. Rank 0 shows the
+progress bar, writes the checkpoint after every epoch and runs the final linear probe;
+``--resume`` continues from the checkpoint, also with another number of processes.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import ast
+import inspect
 import json
 import os
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-from tqdm import tqdm
+from torch import Tensor
 
-from clbook.data import LIGHT_AUGMENT, SIMCLR_AUGMENT, Split, load_mnist
+from clbook.checks import check_int, check_probability, check_real
+from clbook.data import Split, load_mnist
+from clbook.distributed import convert_sync_batchnorm
 from clbook.encoders import ProjectionHead, make_encoder
-from clbook.losses import info_nce_loss, nt_xent_loss, supcon_loss
-from clbook.memory import FeatureQueue, momentum_update
-from clbook.training import evaluate_frozen, extract_features
+from clbook.evaluation import evaluate_frozen, extract_features
+from clbook.methods import REGISTRY, make_method
+from clbook.runtime import resolve_device
+from clbook.training import check_method_data, progress_bar, train_step
 
-__all__ = ["METHOD_DEFAULTS", "load_image_folder", "setup_distributed", "run_pretrain", "add_arguments"]
-
-# Per method: temperature and augmentation (those of clbook.experiments.MNIST_CONFIGS for the CNN).
-METHOD_DEFAULTS = {
-    "simclr": {"temperature": 0.2, "augment": SIMCLR_AUGMENT},
-    "supcon": {"temperature": 0.1, "augment": LIGHT_AUGMENT},
-    "moco": {"temperature": 0.2, "augment": SIMCLR_AUGMENT},
-}
+__all__ = ["load_image_folder", "setup_distributed", "check_arguments", "run_pretrain", "add_arguments"]
 
 
 def load_image_folder(root: str | os.PathLike, test_size: float = 0.2, seed: int = 0) -> Split:
@@ -65,7 +64,10 @@ def load_image_folder(root: str | os.PathLike, test_size: float = 0.2, seed: int
     if not root.is_dir():
         raise ValueError(f"image folder {str(root)!r} does not exist")
     tf = transforms.Compose([transforms.Grayscale(), transforms.Resize((28, 28)), transforms.ToTensor()])
-    folder = datasets.ImageFolder(str(root), transform=tf)
+    try:
+        folder = datasets.ImageFolder(str(root), transform=tf)
+    except (FileNotFoundError, RuntimeError) as err:  # no class folders, or no images in them
+        raise ValueError(f"image folder {str(root)!r}: {' '.join(str(err).split())}") from None
     if len(folder) < 4:
         raise ValueError(f"image folder {str(root)!r} has {len(folder)} images; need at least 4")
     X = torch.stack([folder[i][0] for i in range(len(folder))])  # [N, 1, 28, 28]
@@ -74,145 +76,170 @@ def load_image_folder(root: str | os.PathLike, test_size: float = 0.2, seed: int
     return Split(X_tr, y_tr, X_te, y_te, f"image-folder:{root.name}", list(folder.classes))
 
 
-def setup_distributed() -> tuple[int, int, torch.device]:
+def setup_distributed(device: str = "auto") -> tuple[int, int, torch.device]:
     """(rank, world size, device); starts the process group when launched by ``torchrun``.
 
-    ``torchrun`` sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``. The backend follows the
-    hardware: nccl with CUDA (one GPU per local rank), gloo on CPU.
+    ``torchrun`` sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``. The device follows ``device``
+    (:func:`clbook.runtime.resolve_device`); with CUDA each local rank takes its own GPU. The
+    backend follows the device: nccl with CUDA, gloo otherwise.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available()
-    device = torch.device(f"cuda:{local % torch.cuda.device_count()}" if cuda else "cpu")
+    dev = resolve_device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device(f"cuda:{local % torch.cuda.device_count()}")
     if world > 1 and not torch.distributed.is_initialized():
-        if cuda:
-            torch.cuda.set_device(device)
-        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    return rank, world, device
+    return rank, world, dev
 
 
-class _Network(nn.Module):
-    """Encoder and projection head as one module: what DDP wraps."""
-
-    def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
-        super().__init__()
-        self.encoder, self.head = encoder, head
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.encoder(x))
+# Flags that set the method option of the same name, for the methods that have one (MoCo's queue
+# and momentum, BYOL's momentum); unset, the method's recipe decides.
+OPTION_FLAGS = ("queue_size", "momentum")
 
 
-def _loss(method: str, z: Tensor, y: Tensor, temperature: float) -> Tensor:
-    """Loss of projections ``z`` [B, 2, D] (two views per sample), every process's rows as negatives."""
-    if method == "simclr":
-        return nt_xent_loss(z[:, 0], z[:, 1], temperature, gather_distributed=True)
-    return supcon_loss(z, y, temperature=temperature, gather_distributed=True)
+def _settings(args: argparse.Namespace) -> tuple[dict, dict, float | None, object]:
+    """The method's options, the head's options, the temperature and the augmentation: its recipe, then the flags."""
+    entry = REGISTRY[args.method]
+    recipe = entry.recipes[0]
+    accepted = inspect.signature(entry.cls).parameters
+    options = dict(recipe.options)
+    for name in OPTION_FLAGS:
+        value = getattr(args, name)
+        if value is not None:
+            if name not in accepted:
+                raise ValueError(f"--{name.replace('_', '-')}: {args.method} has no {name} option")
+            options[name] = value
+    for item in args.option or []:
+        name, sep, text = item.partition("=")
+        if not sep or name not in accepted or name == "temperature":
+            known = sorted(set(accepted) - {"temperature"})
+            raise ValueError(f"--option {item}: give NAME=VALUE with NAME one of {known} ({args.method})")
+        try:
+            options[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            options[name] = text  # a word, e.g. --option positive=bank
+    temperature = args.temperature if args.temperature is not None else recipe.temperature
+    return options, dict(recipe.head), temperature, recipe.augment
+
+
+def check_arguments(args: argparse.Namespace, world: int = 1) -> None:
+    """Every argument of ``pretrain``, before any work: a ``ValueError`` naming the first bad one.
+
+    ``world`` is the number of processes (``WORLD_SIZE`` under torchrun).
+    """
+    check_int("--epochs", args.epochs, 1)
+    if args.limit is not None:
+        check_int("--limit", args.limit, 1)
+    method = REGISTRY[args.method].cls
+    # A contrastive loss needs another sample in every process's batch; the others need one.
+    check_int("--batch-size", args.batch_size, 2 if method.needs_negatives else 1)
+    check_real("--lr", args.lr)
+    if args.temperature is not None:
+        check_real("--temperature", args.temperature)
+    if args.momentum is not None:
+        check_probability("--momentum", args.momentum, high_open=True)
+    if args.queue_size is not None:
+        check_int("--queue-size", args.queue_size, 1)
+    options, _, temperature, _ = _settings(args)
+    try:
+        make_method(args.method, temperature, **options)  # the method's own checks of its options
+        method.check_batch(args.batch_size * world, options)
+    except ValueError as err:  # name the flag the user typed, not the option behind it
+        message = str(err)
+        for name in OPTION_FLAGS:
+            message = message.replace(name, f"--{name.replace('_', '-')}")
+        raise ValueError(message) from None
+    check_int("--seed", args.seed, 0, 2**32 - 1)
+    if args.images is not None and not Path(args.images).is_dir():
+        raise ValueError(f"--images {args.images}: no such folder")
+    if args.data is not None and not Path(args.data).is_dir():
+        raise ValueError(f"--data {args.data}: no such folder")
+    if args.resume and (args.checkpoint is None or not Path(args.checkpoint).is_file()):
+        raise ValueError(f"--resume needs an existing --checkpoint, got {args.checkpoint!r}")
+    if args.json is not None and not Path(args.json).resolve().parent.is_dir():
+        raise ValueError(f"--json {args.json}: the folder {Path(args.json).parent} does not exist")
+    resolve_device(args.device)
+
+
+def _shard(n: int, batch: int, world: int, rank: int, generator: torch.Generator) -> list[Tensor]:
+    """This rank's batches of one epoch: rows ``[rank * batch, (rank + 1) * batch)`` of each global batch."""
+    order = torch.randperm(n, generator=generator)
+    span = batch * world
+    return [order[i + rank * batch : i + (rank + 1) * batch] for i in range(0, n - span + 1, span)]
 
 
 def run_pretrain(args: argparse.Namespace) -> dict:
     """Pre-train, checkpoint, resume, probe: the body of ``python -m clbook pretrain``.
 
     Returns the summary (also written to ``--json`` on rank 0): method, processes, global batch,
-    epochs, steps, final training loss, linear-probe and kNN accuracy on the held-out part.
+    epochs, steps, samples seen, final training loss, linear-probe and kNN accuracy on the
+    held-out part.
     """
-    if args.method == "moco" and not (0.0 <= args.momentum <= 1.0):
-        raise ValueError(f"--momentum must be in [0, 1], got {args.momentum}")
-    if args.method == "moco" and args.queue_size < 1:
-        raise ValueError(f"--queue-size must be positive, got {args.queue_size}")
-    rank, world, device = setup_distributed()
+    check_arguments(args, int(os.environ.get("WORLD_SIZE", "1")))
+    rank, world, device = setup_distributed(args.device)
     main = rank == 0
-    defaults = METHOD_DEFAULTS[args.method]
-    temperature = args.temperature if args.temperature is not None else defaults["temperature"]
-    augment = defaults["augment"]
-    if args.images:
-        split = load_image_folder(args.images)
-    else:
-        split = load_mnist(root=args.data, download=not args.offline, verbose=main)
-    X, y = split.X_train, split.y_train
-    if args.limit:
-        X, y = X[: args.limit], y[: args.limit]
+    options, head_options, temperature, augment = _settings(args)
+    split = load_image_folder(args.images) if args.images else load_mnist(root=args.data, download=not args.offline,
+                                                                          verbose=main)
+    X, y = split.X_train[: args.limit], split.y_train[: args.limit]
     if len(X) < args.batch_size * world:
         raise ValueError(f"{len(X)} training images are fewer than one global batch "
                          f"({world} processes x --batch-size {args.batch_size})")
 
-    torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    network = _Network(make_encoder("cnn"), ProjectionHead(128, 128, 64)).to(device)
-    model = network
-    if world > 1:
-        model = nn.parallel.DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
-    dataset = torch.utils.data.TensorDataset(X, y)
-    sampler = (torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=args.seed, drop_last=True)
-               if world > 1 else torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(args.seed)))
-    # drop_last: every process gets full batches of the same size, which gather_distributed needs.
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, drop_last=True)
-    steps_per_epoch = len(loader)
-    opt = torch.optim.Adam(network.parameters(), lr=args.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, args.epochs * steps_per_epoch))
+    torch.manual_seed(args.seed)  # the same initial weights on every rank
+    encoder, head = make_encoder("cnn"), ProjectionHead(128, 128, 64, **head_options)
+    method = make_method(args.method, temperature, **options)
+    check_method_data(method, y, augment)
+    method.num_samples, method.gather = len(X), world > 1
+    method.setup(encoder, head)
+    if args.sync_batchnorm:
+        for module in (encoder, head, method):
+            convert_sync_batchnorm(module)
+    for module in (encoder, head, method):
+        module.to(device)
+    opt = torch.optim.Adam([*encoder.parameters(), *head.parameters(), *method.trainable_parameters()], lr=args.lr)
+    steps_per_epoch = len(X) // (args.batch_size * world)
+    total_steps = args.epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
     gen = torch.Generator().manual_seed(args.seed * 1000 + rank)  # each rank draws its own augmentations
-    # MoCo: a key network that follows the network by momentum, and a queue of earlier keys.
-    key_network = copy.deepcopy(network).requires_grad_(False) if args.method == "moco" else None
-    queue = FeatureQueue(args.queue_size, 64).to(device) if args.method == "moco" else None
 
     start_epoch, losses = 1, []
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
     if args.resume:
-        if checkpoint is None or not checkpoint.is_file():
-            raise ValueError(f"--resume needs an existing --checkpoint, got {args.checkpoint!r}")
         state = torch.load(checkpoint, map_location=device, weights_only=False)
         if state["method"] != args.method:
             raise ValueError(f"checkpoint {str(checkpoint)!r} was trained with {state['method']!r}, not {args.method!r}")
-        network.load_state_dict(state["network"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        for module, key in ((encoder, "encoder"), (head, "head"), (method, "method_state"), (opt, "optimizer"),
+                            (sched, "scheduler")):
+            module.load_state_dict(state[key])
         gen.set_state(state["generators"][rank % len(state["generators"])])
-        if key_network is not None:
-            key_network.load_state_dict(state["key_network"])
-            queue.load_state_dict(state["queue"])
         start_epoch, losses = state["epoch"] + 1, state["losses"]
+        if start_epoch > args.epochs:  # never report a run that trained nothing
+            raise ValueError(f"--epochs {args.epochs}: the checkpoint has already trained {state['epoch']} epochs; "
+                             "ask for more to resume")
         if main:
             print(f"resumed from {checkpoint} after epoch {state['epoch']}")
     if main:
-        print(f"pretrain {args.method}: {len(X)} images ({split.source}), {world} process(es) on {device}, "
-              f"batch {args.batch_size} per process = {args.batch_size * world} in all, "
-              f"{steps_per_epoch} steps per epoch, temperature {temperature}")
+        print(f"pretrain {args.method}: {len(X)} images ({split.source}), {world} "
+              f"{'process' if world == 1 else 'processes'} on {device}, batch {args.batch_size} per process = "
+              f"{args.batch_size * world} in all, {steps_per_epoch} steps per epoch, temperature {temperature}")
 
     started = time.perf_counter()
     for epoch in range(start_epoch, args.epochs + 1):
-        if world > 1:
-            sampler.set_epoch(epoch)
-        model.train()
-        total, batches = torch.zeros((), device=device), 0
-        bar = tqdm(loader, desc=f"epoch {epoch}/{args.epochs}", disable=not (main and args.progress), leave=False,
-                   mininterval=1.0)
-        for xb, yb in bar:
-            xb, yb = xb.to(device), yb.to(device)
-            if key_network is None:
-                views = torch.cat([augment(xb, gen), augment(xb, gen)])  # [2B, 1, 28, 28], one forward
-                z = model(views).view(2, len(xb), -1).transpose(0, 1)  # [B, 2, D]
-                loss = _loss(args.method, z, yb, temperature)  # the whole global batch's loss, on every rank
-            else:
-                q = model(augment(xb, gen))  # [B, D]
-                with torch.no_grad():
-                    key_network.train()
-                    k = F.normalize(key_network(augment(xb, gen)), dim=1)  # [B, D], constants
-                negatives = queue.features() if len(queue) else None
-                loss = info_nce_loss(q, k, negatives, temperature, gather_distributed=True)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if key_network is not None:
-                momentum_update(key_network, network, args.momentum)
-                if world > 1:  # every rank enqueues the whole global batch's keys, in rank order
-                    parts = [torch.empty_like(k) for _ in range(world)]
-                    torch.distributed.all_gather(parts, k)
-                    k = torch.cat(parts)
-                queue.enqueue(k)
-            total, batches = total + loss.detach(), batches + 1
-            if main and args.progress:
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        losses.append(total.item() / max(batches, 1))
+        for module in (encoder, head, method):
+            module.train()
+        method.start_epoch(epoch, args.epochs)
+        batches = _shard(len(X), args.batch_size, world, rank, torch.Generator().manual_seed(args.seed + epoch))
+        total, step = 0.0, (epoch - 1) * steps_per_epoch
+        for i, idx in enumerate(progress_bar(batches, f"epoch {epoch}/{args.epochs}", main and args.progress)):
+            total += train_step(method, encoder, head, opt, sched, X[idx].to(device), y[idx].to(device), idx,
+                                augment, gen, step + i, total_steps)
+        losses.append(total / steps_per_epoch)
+        method.end_epoch(encoder, head)
         if main:
             print(f"epoch {epoch}/{args.epochs}: loss {losses[-1]:.4f}")
         # Every rank's generator state, so that a resumed run draws the augmentations it would have drawn.
@@ -223,23 +250,22 @@ def run_pretrain(args: argparse.Namespace) -> dict:
         if main and checkpoint is not None:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             tmp = checkpoint.with_suffix(checkpoint.suffix + ".tmp")
-            torch.save({"method": args.method, "epoch": epoch, "losses": losses, "network": network.state_dict(),
-                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "generators": states,
-                        "world_size": world, "args": vars(args),
-                        "key_network": key_network.state_dict() if key_network is not None else None,
-                        "queue": queue.state_dict() if queue is not None else None}, tmp)
+            torch.save({"method": args.method, "epoch": epoch, "losses": losses, "encoder": encoder.state_dict(),
+                        "head": head.state_dict(), "method_state": method.state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "generators": states, "world_size": world,
+                        "args": vars(args)}, tmp)
             tmp.replace(checkpoint)  # atomic: an interrupted save never leaves half a checkpoint
     seconds = time.perf_counter() - started
 
     summary = {"method": args.method, "processes": world, "device": str(device), "data": split.source,
                "batch_per_process": args.batch_size, "global_batch": args.batch_size * world,
-               "epochs": args.epochs, "steps_per_epoch": steps_per_epoch, "losses": losses, "seconds": seconds}
+               "epochs": args.epochs, "steps_per_epoch": steps_per_epoch,
+               "steps": args.epochs * steps_per_epoch, "samples_seen": args.epochs * steps_per_epoch * args.batch_size * world,
+               "losses": losses, "seconds": seconds}
     if main:
         # Final linear probe (and kNN) on frozen features of the held-out part, as in the notebooks.
-        encoder = network.encoder
-        train_f = extract_features(encoder, X.to(device)).cpu()
-        test_f = extract_features(encoder, split.X_test.to(device)).cpu()
-        probe = evaluate_frozen(train_f, y, test_f, split.y_test, seed=args.seed)
+        train_f, test_f = extract_features(encoder, X), extract_features(encoder, split.X_test)
+        probe = evaluate_frozen(train_f, y, test_f, split.y_test, seed=args.seed, device=device)
         summary.update(linear_acc=probe["linear_acc"], knn_acc=probe["knn_acc"])
         print(f"linear probe {probe['linear_acc']:.1%}, kNN {probe['knn_acc']:.1%} on {len(split.y_test)} "
               f"held-out images ({seconds:.0f} s of training)")
@@ -253,8 +279,8 @@ def run_pretrain(args: argparse.Namespace) -> dict:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``python -m clbook pretrain``."""
-    parser.add_argument("--method", choices=sorted(METHOD_DEFAULTS), default="simclr",
-                        help="simclr (NT-Xent, no labels), supcon (labels) or moco (queue and momentum encoder)")
+    parser.add_argument("--method", choices=list(REGISTRY), default="simclr",
+                        help="a method of clbook.methods.REGISTRY; its MNIST recipe gives the defaults")
     parser.add_argument("--images", metavar="DIR", help="a folder of images, one subfolder per class (default: MNIST)")
     parser.add_argument("--data", metavar="DIR", help="MNIST data directory (default: CLBOOK_DATA or <repo>/data)")
     parser.add_argument("--offline", action="store_true",
@@ -263,9 +289,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=256, help="per process; the global batch is K times it")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--temperature", type=float, help="default: 0.2 for simclr and moco, 0.1 for supcon")
-    parser.add_argument("--queue-size", type=int, default=4096, help="moco: keys kept as negatives")
-    parser.add_argument("--momentum", type=float, default=0.99, help="moco: momentum of the key network")
+    parser.add_argument("--temperature", type=float, help="default: the method's recipe (SimCLR 0.2, SupCon 0.1, ...)")
+    parser.add_argument("--queue-size", type=int, help="moco: keys kept as negatives (default: its recipe's, 4096)")
+    parser.add_argument("--momentum", type=float,
+                        help="moco, byol: momentum of the key or target network, in [0, 1) (default: the recipe's, 0.99)")
+    parser.add_argument("--option", action="append", metavar="NAME=VALUE",
+                        help="set any option of the method, e.g. --option num_negatives=512 (repeatable)")
+    parser.add_argument("--sync-batchnorm", action="store_true",
+                        help="batch norm over the global batch under torchrun (heads with batch norm)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint", metavar="FILE", help="save after every epoch (rank 0)")
     parser.add_argument("--resume", action="store_true", help="continue from --checkpoint")

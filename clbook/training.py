@@ -27,7 +27,7 @@ from clbook.evaluation import (
     knn_predict,
     plot_probe,
 )
-from clbook.distributed import average_gradients
+from clbook.distributed import average_gradients, average_value
 from clbook.methods import Method, as_method
 from clbook.runtime import resolve_device, set_seed, single_thread
 
@@ -94,7 +94,7 @@ def train_step(method: Method, encoder: nn.Module, head: nn.Module, optimizer: t
     an augmentation), computes the method's loss, backpropagates, averages the gradients over
     the processes when several train together (:func:`clbook.distributed.average_gradients`; a
     no-op with one), and steps the optimizer and the scheduler, with the method's hooks around
-    the step. Returns the loss.
+    the step. Returns the loss of the (global) batch.
     """
     views = [augment(xb, generator) for _ in range(method.n_views)] if augment is not None else [xb]
     loss = method.loss(encoder, head, views, yb, index)
@@ -108,7 +108,7 @@ def train_step(method: Method, encoder: nn.Module, head: nn.Module, optimizer: t
     if scheduler is not None:
         scheduler.step()
     method.after_step(encoder, head, step, total_steps)
-    return loss.item()
+    return average_value(loss)  # the global batch's loss, on every process
 
 
 def check_method_data(method: Method, y: Tensor | None, augment) -> None:

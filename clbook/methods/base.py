@@ -74,6 +74,13 @@ class Method(nn.Module):
         self.num_samples: int | None = None
         self.gather: bool = False
 
+    @classmethod
+    def check_batch(cls, batch_size: int, options: dict) -> None:
+        """Refuse a global batch that the method with these options cannot train with (before any work).
+
+        ``options`` are the keyword arguments the method will be built with. The base accepts any.
+        """
+
     def setup(self, encoder: nn.Module, head: nn.Module) -> None:
         """Called once before training: build what depends on the encoder (copies, predictors)."""
 

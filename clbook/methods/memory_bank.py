@@ -10,7 +10,7 @@ from clbook.checks import check_choice, check_int, check_probability, check_real
 from clbook.distributed import all_gather_rows
 from clbook.losses import info_nce_loss
 from clbook.memory import MemoryBank
-from clbook.methods.base import Method
+from clbook.methods.base import Method, output_dim
 
 __all__ = ["MemoryBankMethod"]
 
@@ -70,7 +70,7 @@ class MemoryBankMethod(Method):
         self.positive = check_choice("positive", positive, ("view", "bank"))
         self.seed = check_int("seed", seed, 0)
         self.n_views = 2 if positive == "view" else 1
-        self.bank: MemoryBank | None = None  # built at the first batch, when D is known
+        self.bank: MemoryBank | None = None  # built in setup, when N and the head's output size are known
         self._gen = torch.Generator().manual_seed(seed)
         self._pending: tuple[Tensor, Tensor] | None = None
         self._sums = torch.zeros(2)
@@ -78,8 +78,15 @@ class MemoryBankMethod(Method):
     def setup(self, encoder: nn.Module, head: nn.Module) -> None:
         if self.num_samples is None:
             raise ValueError(f"{self.name} needs num_samples (pretrain sets it to the training set size)")
-        self.bank = None
         self._gen = torch.Generator().manual_seed(self.seed)
+        self.bank = MemoryBank(self.num_samples, output_dim(head), self.bank_momentum, generator=self._gen)
+
+    def get_extra_state(self) -> dict:
+        # The draws of negatives go on where they stopped when a run is resumed from a checkpoint.
+        return {"generator": self._gen.get_state()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self._gen.set_state(state["generator"])
 
     def start_epoch(self, epoch: int, epochs: int) -> None:
         self._sums = torch.zeros(2)  # sum of cosines, count
@@ -90,12 +97,10 @@ class MemoryBankMethod(Method):
         z = head(encoder(torch.cat(views)))  # [V * B, D], one forward for all views
         f = z[:b]
         if self.bank is None:
-            if self.num_samples is None:
-                raise RuntimeError("MemoryBankMethod.setup(encoder, head) must run before loss()")
-            if self.num_negatives > self.num_samples - b:
-                raise ValueError(f"num_negatives = {self.num_negatives} exceeds the {self.num_samples} training "
-                                 f"samples minus a batch of {b}")
-            self.bank = MemoryBank(self.num_samples, f.shape[1], self.bank_momentum, generator=self._gen).to(f.device)
+            raise RuntimeError("MemoryBankMethod.setup(encoder, head) must run before loss()")
+        if self.num_negatives > self.num_samples - b:
+            raise ValueError(f"num_negatives = {self.num_negatives} exceeds the {self.num_samples} training "
+                             f"samples minus a batch of {b}")
         seen = self.bank.seen[index.to(self.bank.seen.device)].to(f.device)  # [B]
         stored = self.bank.get(index)  # [B, D], the samples' own stored vectors (before this step)
         with torch.no_grad():  # staleness, over samples stored in an earlier step

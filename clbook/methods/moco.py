@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,7 @@ from clbook.checks import check_int, check_probability, check_real
 from clbook.distributed import all_gather_rows
 from clbook.losses import info_nce_loss
 from clbook.memory import FeatureQueue, momentum_update
-from clbook.methods.base import Method
+from clbook.methods.base import Method, output_dim
 
 __all__ = ["MoCo"]
 
@@ -58,15 +59,21 @@ class MoCo(Method):
         self.temperature = check_real("temperature", temperature)
         self.key_encoder: nn.Module | None = None
         self.key_head: nn.Module | None = None
-        self.queue: FeatureQueue | None = None  # built at the first batch, when D is known
+        self.queue: FeatureQueue | None = None  # built in setup, when the head's output size is known
         self._keys: Tensor | None = None
         self._sums = torch.zeros(3)
+
+    @classmethod
+    def check_batch(cls, batch_size: int, options: dict) -> None:
+        queue_size = options.get("queue_size", inspect.signature(cls).parameters["queue_size"].default)
+        if queue_size < batch_size:  # one enqueue would overwrite keys of its own batch
+            raise ValueError(f"queue_size must be at least the global batch ({batch_size}), got {queue_size}")
 
     def setup(self, encoder: nn.Module, head: nn.Module) -> None:
         # Copies start equal to the online networks and are never trained by the optimizer.
         self.key_encoder = copy.deepcopy(encoder).requires_grad_(False)
         self.key_head = copy.deepcopy(head).requires_grad_(False)
-        self.queue = None
+        self.queue = FeatureQueue(self.queue_size, output_dim(head))
 
     def start_epoch(self, epoch: int, epochs: int) -> None:
         self._sums = torch.zeros(3)  # sum of pos_cos, sum of neg_cos, batches
@@ -80,8 +87,6 @@ class MoCo(Method):
             self.key_encoder.train(encoder.training)
             self.key_head.train(head.training)
             k = F.normalize(self.key_head(self.key_encoder(views[1])), dim=1)  # [B, D], constants
-        if self.queue is None:
-            self.queue = FeatureQueue(self.queue_size, k.shape[1]).to(k.device)
         negatives = self.queue.features() if len(self.queue) else None
         self._keys = k
         with torch.no_grad():
