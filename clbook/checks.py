@@ -29,10 +29,14 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
+
 import torch
 from torch import Tensor
 
 __all__ = [
+    "as_number",
+    "check_array",
     "check_int",
     "check_real",
     "check_probability",
@@ -242,3 +246,35 @@ def check_images(name: str, x: Tensor) -> Tensor:
         raise ValueError(f"{name} must hold float images in [0, 1] or uint8 images in [0, 255], "
                          f"got dtype {x.dtype}")
     return x
+
+
+def as_number(value):
+    """A 0-d tensor or 0-d array as its Python number; anything else unchanged."""
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return value.item()
+    return value
+
+
+def check_array(X, name: str = "X") -> np.ndarray:
+    """``X`` as a float64 NumPy array ``[n, d]``: numeric, non-empty, finite, and small enough that
+    sums of squared distances cannot overflow float64 (a tensor is moved to the CPU first)."""
+    if hasattr(X, "detach"):  # a torch tensor; avoid importing torch here
+        X = X.detach().cpu().numpy()
+    try:
+        X = np.asarray(X, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be a numeric array of shape [n, d]: {err}") from None
+    if X.ndim != 2:
+        raise ValueError(f"{name} must have shape [n, d] (rank 2), got shape {list(X.shape)}")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {list(X.shape)})")
+    if not np.isfinite(X).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    # Sums of n squared distances over d coordinates stay below float64's maximum when every
+    # coordinate is below this (about 1e154 / sqrt(n d)); beyond it they would overflow to inf.
+    limit = math.sqrt(np.finfo(np.float64).max / X.size) / 2
+    largest = float(np.abs(X).max())
+    if largest > limit:
+        raise ValueError(f"{name} has values up to {largest:.3g}: squared distances would overflow float64 "
+                         f"(keep values below {limit:.3g}); rescale it")
+    return X

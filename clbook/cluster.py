@@ -1,4 +1,4 @@
-"""k-means and Gaussian-mixture EM (notebook 06), and Sinkhorn-Knopp assignments (notebook 09).
+"""k-means and Gaussian-mixture EM (notebook 06); Sinkhorn-Knopp (notebook 09) is in :mod:`clbook.sinkhorn`.
 
 Conventions
 -----------
@@ -18,9 +18,6 @@ Conventions
 The step functions (:func:`nearest_center`, :func:`gmm_e_step`, :func:`gmm_m_step`) are public so
 that the notebook can run the alternation one step at a time and draw it.
 
-:func:`sinkhorn_knopp` turns scores of samples against prototypes into soft assignments under an
-equal-partition constraint (SwAV's codes). It also runs inside training, so it takes and returns
-torch tensors (and NumPy arrays, in float64, for notebooks and tests).
 """
 
 from __future__ import annotations
@@ -30,9 +27,8 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
-from clbook.checks import check_int, check_real
+from clbook.checks import as_number, check_array, check_int, check_real
 
 __all__ = [
     "KMeansResult",
@@ -43,7 +39,6 @@ __all__ = [
     "gmm_e_step",
     "gmm_m_step",
     "gmm_em",
-    "sinkhorn_knopp",
 ]
 
 # Added to every component's mass before dividing by it (scikit-learn does the same), so an
@@ -123,38 +118,8 @@ class GMMResult:
 # ----------------------------------------------------------------------------- input checks
 
 
-def _number(value):
-    """A 0-d tensor or 0-d array as its Python number; anything else unchanged."""
-    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
-        return value.item()
-    return value
-
-
-def _as_data(X, name: str = "X") -> np.ndarray:
-    if hasattr(X, "detach"):  # a torch tensor; avoid importing torch here
-        X = X.detach().cpu().numpy()
-    try:
-        X = np.asarray(X, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be a numeric array of shape [n, d]: {err}") from None
-    if X.ndim != 2:
-        raise ValueError(f"{name} must have shape [n, d] (rank 2), got shape {list(X.shape)}")
-    if X.shape[0] == 0 or X.shape[1] == 0:
-        raise ValueError(f"{name} is empty (shape {list(X.shape)})")
-    if not np.isfinite(X).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    # Sums of n squared distances over d coordinates stay below float64's maximum when every
-    # coordinate is below this (about 1e154 / sqrt(n d)); beyond it they would overflow to inf.
-    limit = math.sqrt(np.finfo(np.float64).max / X.size) / 2
-    largest = float(np.abs(X).max())
-    if largest > limit:
-        raise ValueError(f"{name} has values up to {largest:.3g}: squared distances would overflow float64 "
-                         f"(keep values below {limit:.3g}); rescale it")
-    return X
-
-
 def _check_k(k, n: int) -> int:
-    k = check_int("k", _number(k))
+    k = check_int("k", as_number(k))
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     if k > n:
@@ -163,11 +128,11 @@ def _check_k(k, n: int) -> int:
 
 
 def _check_iter_tol(max_iter, tol) -> tuple[int, float]:
-    return check_int("max_iter", _number(max_iter), 1), check_real("tol", _number(tol), 0.0, strict=False)
+    return check_int("max_iter", as_number(max_iter), 1), check_real("tol", as_number(tol), 0.0, strict=False)
 
 
 def _check_reg_covar(reg_covar) -> float:
-    return check_real("reg_covar", _number(reg_covar), 0.0, strict=False)
+    return check_real("reg_covar", as_number(reg_covar), 0.0, strict=False)
 
 
 # gmm_em warns when reg_covar exceeds this fraction of the data's smallest per-dimension variance.
@@ -188,7 +153,7 @@ def _warn_if_reg_covar_dominates(X: np.ndarray, reg_covar: float) -> None:
 
 
 def _as_centers(init, k: int, d: int, name: str) -> np.ndarray:
-    C = _as_data(init, name) if np.ndim(init) == 2 else None
+    C = check_array(init, name) if np.ndim(init) == 2 else None
     if C is None or C.shape != (k, d):
         shape = list(np.shape(init))
         raise ValueError(f"{name} must have shape [k, d] = [{k}, {d}], got {shape}")
@@ -213,8 +178,8 @@ def nearest_center(X, centers) -> tuple[np.ndarray, np.ndarray]:
     sq_dist : ndarray, shape [n]
         Squared Euclidean distance to that centre.
     """
-    X = _as_data(X)
-    C = _as_data(centers, "centers")
+    X = check_array(X)
+    C = check_array(centers, "centers")
     if C.shape[1] != X.shape[1]:
         raise ValueError(f"centers have {C.shape[1]} features but X has {X.shape[1]}")
     # |x - c|^2 = |x|^2 - 2 x.c + |c|^2 is one matrix product instead of an [n, k, d] array,
@@ -249,7 +214,7 @@ def kmeans_plusplus(X, k: int, random_state: int | np.random.Generator | None = 
     ndarray, shape [k, d]
         Centres, each a copy of one row of ``X``.
     """
-    X = _as_data(X)
+    X = check_array(X)
     k = _check_k(k, len(X))
     rng = np.random.default_rng(random_state)
     idx = [int(rng.integers(len(X)))]
@@ -303,7 +268,7 @@ def kmeans(
     (as scikit-learn does), which splits the worst-fitted cluster; such details matter only in
     degenerate cases.
     """
-    X = _as_data(X)
+    X = check_array(X)
     n, d = X.shape
     k = _check_k(k, n)
     max_iter, tol = _check_iter_tol(max_iter, tol)
@@ -401,7 +366,7 @@ def gmm_e_step(X, weights, means, covariances) -> tuple[np.ndarray, float]:
     mean_log_likelihood : float
         :math:`\frac1n \sum_i \log \sum_j \pi_j \mathcal N(x_i \mid \mu_j, \Sigma_j)`.
     """
-    X = _as_data(X)
+    X = check_array(X)
     params = {}
     for name, value in (("weights", weights), ("means", means), ("covariances", covariances)):
         try:
@@ -461,7 +426,7 @@ def gmm_m_step(X, responsibilities, reg_covar: float = 1e-6) -> tuple[np.ndarray
     means : ndarray, shape [k, d]
     covariances : ndarray, shape [k, d, d]
     """
-    X = _as_data(X)
+    X = check_array(X)
     R = np.asarray(responsibilities, dtype=np.float64)
     if R.ndim != 2 or R.shape[0] != X.shape[0]:
         raise ValueError(f"responsibilities must have shape [{X.shape[0]}, k], got {list(R.shape)}")
@@ -527,7 +492,7 @@ def gmm_em(
     With ``reg_covar > 0`` the M-step maximises a slightly smoothed objective, so the exact
     log-likelihood may dip by an amount of order ``reg_covar`` near convergence.
     """
-    X = _as_data(X)
+    X = check_array(X)
     n, d = X.shape
     k = _check_k(k, n)
     max_iter, tol = _check_iter_tol(max_iter, tol)
@@ -567,70 +532,3 @@ def gmm_em(
         n_iter=len(history),
         converged=converged,
     )
-
-
-# ----------------------------------------------------------------------------- Sinkhorn-Knopp
-
-
-def sinkhorn_knopp(scores, epsilon: float = 0.05, n_iter: int = 3):
-    r"""Soft assignment of B samples to K prototypes in which every prototype gets B / K of the mass.
-
-    Starting from :math:`\exp(S / \varepsilon)`, each iteration rescales the columns so that
-    every prototype carries B / K of the total mass, then the rows so that every sample's
-    assignment sums to one (Cuturi, 2013; Caron et al., 2020, who use 3 iterations). At the
-    fixed point Q solves the entropy-regularised transport problem
-
-    .. math:: \max_{Q} \; \operatorname{tr}(Q^\top S) + \varepsilon H(Q)
-              \quad\text{s.t.}\quad Q \mathbf 1_K = \mathbf 1_B,\;
-              Q^\top \mathbf 1_B = \tfrac{B}{K} \mathbf 1_K .
-
-    Everything is done on :math:`\log Q` with log-sum-exp, so :math:`\exp(S / \varepsilon)` is
-    never formed: with cosine scores and ``epsilon = 0.01`` it would reach :math:`e^{100}`,
-    beyond float32's range.
-
-    Parameters
-    ----------
-    scores : Tensor or array-like, shape [B, K]
-        Scores of B samples against K prototypes (in SwAV, cosine similarities). A floating-point
-        torch tensor gives a tensor of the same dtype and device (float16 and bfloat16 are
-        computed in float32); anything else is computed and returned as a NumPy float64 array.
-    epsilon : float, default 0.05
-        Entropy weight, acting as a temperature: large values give flat assignments, small
-        values nearly hard ones. Must be positive and finite.
-    n_iter : int, default 3
-        Number of (column, row) normalisation pairs. ``n_iter = 0`` returns the plain row softmax
-        of ``scores / epsilon``, with no constraint on the columns.
-
-    Returns
-    -------
-    Q : Tensor or ndarray, shape [B, K]
-        Rows are distributions (they sum to one, exactly up to rounding, because every
-        iteration ends with the rows); column sums approach B / K as ``n_iter`` grows.
-        Autograd flows through a tensor input; SwAV's codes are used without gradient.
-    """
-    if isinstance(scores, torch.Tensor):
-        if not scores.is_floating_point():
-            raise ValueError(f"scores must be a floating-point tensor, got dtype {scores.dtype}")
-        if scores.dim() != 2 or scores.shape[0] == 0 or scores.shape[1] == 0:
-            raise ValueError(f"scores must have shape [B, K] with B, K >= 1, got shape {list(scores.shape)}")
-        if not torch.isfinite(scores).all():
-            raise ValueError("scores contain NaN or infinite values")
-        S, out_dtype = scores, scores.dtype
-    else:
-        S, out_dtype = torch.from_numpy(_as_data(scores, "scores")), None
-    epsilon = check_real("epsilon", _number(epsilon))
-    n_iter = check_int("n_iter", _number(n_iter), 0)
-
-    if S.dtype in (torch.float16, torch.bfloat16):  # too coarse for log-sum-exp over a batch
-        S = S.float()
-    B, K = S.shape
-    log_q = S / float(epsilon)
-    log_mass = math.log(B / K)
-    for _ in range(int(n_iter)):
-        # Columns: prototype k gets B / K in total. Rows: sample i gets one unit, split over k.
-        log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) + log_mass
-        log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)
-    if n_iter == 0:
-        log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)
-    Q = log_q.exp()
-    return Q.numpy() if out_dtype is None else Q.to(out_dtype)

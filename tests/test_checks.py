@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from clbook import checks, cluster
+from clbook import checks, cluster, sinkhorn
 from clbook.checks import (
     MAX_CLASSES,
     check_features,
@@ -313,7 +313,7 @@ REPLACED = {
     "mlp in_dim": (lambda: make_encoder("mlp", in_dim=-1), "in_dim must be a positive integer, got -1"),
     "kmeans max_iter": (lambda: cluster.kmeans(np.zeros((4, 2)), 2, max_iter=0), "max_iter must be a positive integer"),
     "gmm tol": (lambda: cluster.gmm_em(np.eye(4), 2, tol=float("nan")), "tol must be a finite number >= 0"),
-    "sinkhorn n_iter": (lambda: cluster.sinkhorn_knopp(torch.zeros(2, 2), n_iter=-1),
+    "sinkhorn n_iter": (lambda: sinkhorn.sinkhorn_knopp(torch.zeros(2, 2), n_iter=-1),
                         "n_iter must be a non-negative integer, got -1"),
 }
 

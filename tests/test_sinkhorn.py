@@ -1,4 +1,4 @@
-"""clbook.cluster.sinkhorn_knopp: marginals, a plain float64 transcription, POT, stability, bad input."""
+"""clbook.sinkhorn.sinkhorn_knopp: marginals, a plain float64 transcription, POT, stability, bad input."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from clbook.cluster import sinkhorn_knopp
+from clbook.sinkhorn import sinkhorn_knopp
 
 
 def cosine_scores(b: int, k: int, d: int = 16, seed: int = 0) -> torch.Tensor:

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clbook.cluster import sinkhorn_knopp
+from clbook.sinkhorn import sinkhorn_knopp
 from clbook.encoders import Prototypes
 from clbook.losses import swav_loss
 

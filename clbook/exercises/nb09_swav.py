@@ -16,7 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from clbook.cluster import sinkhorn_knopp
+from clbook.sinkhorn import sinkhorn_knopp
 from clbook.exercises.core import Case, Mistake, _grad_wrt, exercise
 from clbook.losses import swav_loss
 

@@ -5,7 +5,7 @@ r"""SwAV's swapped prediction (Caron et al., 2020): each view predicts the other
 
 Shapes: prototype scores ``scores1``, ``scores2`` and codes ``q1``, ``q2`` [B, K], row i of each
 belonging to sample i; the codes are constant targets (detached), e.g. from
-:func:`clbook.cluster.sinkhorn_knopp`. A cross-entropy against soft targets: the plain form below
+:func:`clbook.sinkhorn.sinkhorn_knopp`. A cross-entropy against soft targets: the plain form below
 is what runs; there is no fast path.
 """
 
@@ -24,7 +24,7 @@ def swav_loss(scores1: Tensor, scores2: Tensor, q1: Tensor, q2: Tensor, temperat
     r"""SwAV's swapped prediction (Caron et al., 2020): each view predicts the other view's code.
 
     With prototype scores :math:`s` (cosine similarities of a view's embedding with K prototypes)
-    and codes :math:`q` (soft assignments, e.g. from :func:`clbook.cluster.sinkhorn_knopp`),
+    and codes :math:`q` (soft assignments, e.g. from :func:`clbook.sinkhorn.sinkhorn_knopp`),
 
     .. math:: \ell(s, q) = -\sum_k q_k \log \operatorname{softmax}(s / \tau)_k, \qquad
               L = \tfrac12 \operatorname{mean}_i \big[\ell(s^{(1)}_i, q^{(2)}_i) + \ell(s^{(2)}_i, q^{(1)}_i)\big].

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clbook.checks import check_int, check_real
-from clbook.cluster import sinkhorn_knopp
+from clbook.sinkhorn import sinkhorn_knopp
 from clbook.distributed import all_gather_rows
 from clbook.encoders import Prototypes
 from clbook.losses import swav_loss
@@ -21,7 +21,7 @@ class SwAV(Method):
 
     Per batch, both views are embedded on the unit sphere and scored against K prototypes
     (:class:`clbook.encoders.Prototypes`). Each view's scores go through
-    :func:`clbook.cluster.sinkhorn_knopp`, without gradient, to give its *code*: a soft
+    :func:`clbook.sinkhorn.sinkhorn_knopp`, without gradient, to give its *code*: a soft
     assignment in which every prototype gets an equal share of the batch. Each view then
     predicts the *other* view's code from its own scores (:func:`clbook.losses.swav_loss`).
     The equal-partition constraint is what keeps every sample from landing on one prototype.
