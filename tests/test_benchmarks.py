@@ -99,3 +99,14 @@ def test_course_benchmark_writes_back_and_budgets_later_notebooks_apart(tmp_path
     assert result["target_met"] is True
     assert "| **part one, 01-06** |" in done.stdout and "| 07_later.ipynb |" in done.stdout
     assert "target <= 75 s" in done.stdout
+
+
+def test_device_benchmark_times_the_cpu_at_least(tmp_path):
+    out = tmp_path / "device.json"
+    done = run_script(str(BENCH / "bench_device.py"), "--quick", "--json", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads(out.read_text())
+    cpu = next(r for r in record["rows"] if r["device"] == "cpu")
+    assert cpu["seconds_per_epoch"] > 0 and cpu["steps_per_epoch"] == 2  # 1,024 digits in batches of 512
+    assert "| cpu |" in done.stdout and "x CPU" in done.stdout
+
