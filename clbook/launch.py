@@ -172,6 +172,54 @@ def _shard(n: int, batch: int, world: int, rank: int, generator: torch.Generator
     return [order[i + rank * batch : i + (rank + 1) * batch] for i in range(0, n - span + 1, span)]
 
 
+# What a checkpoint holds, in the order of the objects passed to _resume and _save_checkpoint.
+_STATE_KEYS = ("encoder", "head", "method_state", "optimizer", "scheduler")
+
+
+def _resume(checkpoint: Path, args: argparse.Namespace, rank: int, device: torch.device, parts: list,
+            gen: torch.Generator) -> tuple[int, list[float]]:
+    """Load ``parts`` (networks, method, optimizer, scheduler) and this rank's generator; (first epoch, losses)."""
+    state = torch.load(checkpoint, map_location=device, weights_only=False)
+    if state["method"] != args.method:
+        raise ValueError(f"checkpoint {str(checkpoint)!r} was trained with {state['method']!r}, not {args.method!r}")
+    if state["epoch"] >= args.epochs:  # never report a run that trained nothing
+        raise ValueError(f"--epochs {args.epochs}: the checkpoint has already trained {state['epoch']} epochs; "
+                         "ask for more to resume")
+    for part, key in zip(parts, _STATE_KEYS):
+        part.load_state_dict(state[key])
+    gen.set_state(state["generators"][rank % len(state["generators"])])
+    if rank == 0:
+        print(f"resumed from {checkpoint} after epoch {state['epoch']}")
+    return state["epoch"] + 1, state["losses"]
+
+
+def _save_checkpoint(checkpoint: Path | None, args: argparse.Namespace, epoch: int, losses: list[float],
+                     parts: list, gen: torch.Generator, world: int, main: bool) -> None:
+    """Rank 0 saves ``parts`` and every rank's generator state (all ranks must call this: it gathers)."""
+    # Every rank's generator state, so that a resumed run draws the augmentations it would have drawn.
+    states = [gen.get_state()]
+    if world > 1:
+        states = [None] * world
+        torch.distributed.all_gather_object(states, gen.get_state())
+    if not main or checkpoint is None:
+        return
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    tmp = checkpoint.with_suffix(checkpoint.suffix + ".tmp")
+    torch.save({"method": args.method, "epoch": epoch, "losses": losses, "generators": states, "world_size": world,
+                "args": vars(args), **{key: part.state_dict() for part, key in zip(parts, _STATE_KEYS)}}, tmp)
+    tmp.replace(checkpoint)  # atomic: an interrupted save never leaves half a checkpoint
+
+
+def _final_probe(encoder, X: Tensor, y: Tensor, split: Split, seed: int, device: torch.device,
+                 seconds: float) -> dict:
+    """Linear probe and kNN on frozen features of the held-out part, as in the notebooks."""
+    train_f, test_f = extract_features(encoder, X), extract_features(encoder, split.X_test)
+    probe = evaluate_frozen(train_f, y, test_f, split.y_test, seed=seed, device=device)
+    print(f"linear probe {probe['linear_acc']:.1%}, kNN {probe['knn_acc']:.1%} on {len(split.y_test)} "
+          f"held-out images ({seconds:.0f} s of training)")
+    return {"linear_acc": probe["linear_acc"], "knn_acc": probe["knn_acc"]}
+
+
 def run_pretrain(args: argparse.Namespace) -> dict:
     """Pre-train, checkpoint, resume, probe: the body of ``python -m clbook pretrain``.
 
@@ -207,22 +255,10 @@ def run_pretrain(args: argparse.Namespace) -> dict:
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
     gen = torch.Generator().manual_seed(args.seed * 1000 + rank)  # each rank draws its own augmentations
 
-    start_epoch, losses = 1, []
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
+    start_epoch, losses = 1, []
     if args.resume:
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        if state["method"] != args.method:
-            raise ValueError(f"checkpoint {str(checkpoint)!r} was trained with {state['method']!r}, not {args.method!r}")
-        for module, key in ((encoder, "encoder"), (head, "head"), (method, "method_state"), (opt, "optimizer"),
-                            (sched, "scheduler")):
-            module.load_state_dict(state[key])
-        gen.set_state(state["generators"][rank % len(state["generators"])])
-        start_epoch, losses = state["epoch"] + 1, state["losses"]
-        if start_epoch > args.epochs:  # never report a run that trained nothing
-            raise ValueError(f"--epochs {args.epochs}: the checkpoint has already trained {state['epoch']} epochs; "
-                             "ask for more to resume")
-        if main:
-            print(f"resumed from {checkpoint} after epoch {state['epoch']}")
+        start_epoch, losses = _resume(checkpoint, args, rank, device, [encoder, head, method, opt, sched], gen)
     if main:
         print(f"pretrain {args.method}: {len(X)} images ({split.source}), {world} "
               f"{'process' if world == 1 else 'processes'} on {device}, batch {args.batch_size} per process = "
@@ -242,33 +278,16 @@ def run_pretrain(args: argparse.Namespace) -> dict:
         method.end_epoch(encoder, head)
         if main:
             print(f"epoch {epoch}/{args.epochs}: loss {losses[-1]:.4f}")
-        # Every rank's generator state, so that a resumed run draws the augmentations it would have drawn.
-        states = [gen.get_state()]
-        if world > 1:
-            states = [None] * world
-            torch.distributed.all_gather_object(states, gen.get_state())
-        if main and checkpoint is not None:
-            checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            tmp = checkpoint.with_suffix(checkpoint.suffix + ".tmp")
-            torch.save({"method": args.method, "epoch": epoch, "losses": losses, "encoder": encoder.state_dict(),
-                        "head": head.state_dict(), "method_state": method.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "generators": states, "world_size": world,
-                        "args": vars(args)}, tmp)
-            tmp.replace(checkpoint)  # atomic: an interrupted save never leaves half a checkpoint
+        _save_checkpoint(checkpoint, args, epoch, losses, [encoder, head, method, opt, sched], gen, world, main)
     seconds = time.perf_counter() - started
 
     summary = {"method": args.method, "processes": world, "device": str(device), "data": split.source,
                "batch_per_process": args.batch_size, "global_batch": args.batch_size * world,
                "epochs": args.epochs, "steps_per_epoch": steps_per_epoch,
-               "steps": args.epochs * steps_per_epoch, "samples_seen": args.epochs * steps_per_epoch * args.batch_size * world,
+               "steps": total_steps, "samples_seen": total_steps * args.batch_size * world,
                "losses": losses, "seconds": seconds}
     if main:
-        # Final linear probe (and kNN) on frozen features of the held-out part, as in the notebooks.
-        train_f, test_f = extract_features(encoder, X), extract_features(encoder, split.X_test)
-        probe = evaluate_frozen(train_f, y, test_f, split.y_test, seed=args.seed, device=device)
-        summary.update(linear_acc=probe["linear_acc"], knn_acc=probe["knn_acc"])
-        print(f"linear probe {probe['linear_acc']:.1%}, kNN {probe['knn_acc']:.1%} on {len(split.y_test)} "
-              f"held-out images ({seconds:.0f} s of training)")
+        summary.update(_final_probe(encoder, X, y, split, args.seed, device, seconds))
         if args.json:
             Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
     if world > 1:
