@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
     rep.add_argument("--progress", action="store_true", help="show progress bars while training")
     rep.add_argument("--data", metavar="DIR", help="data directory (default: CLBOOK_DATA or <repo>/data)")
+    rep.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps")
     stu = sub.add_parser("student-edition", help="write the notebooks with every solution replaced by a stub")
     stu.add_argument("outdir", help="folder for the student notebooks (created if needed)")
     stu.add_argument("notebooks", nargs="*", help="notebooks to convert (default: every notebook of the course)")
@@ -77,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(problem)  # before the minutes-long run, not after it
     if args.data is not None and not Path(args.data).is_dir():
         return _error("reproduce", f"--data {args.data}: no such folder")
+    from clbook.runtime import resolve_device
+
+    try:
+        resolve_device(args.device)
+    except ValueError as err:
+        return _error("reproduce", err)
 
     from clbook.data import load_mnist
     from clbook.experiments import format_table, reproduce
@@ -86,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         split = load_mnist(root=args.data)
     except (ValueError, FileNotFoundError) as err:
         return _error("reproduce", err)
-    results = reproduce(quick=args.quick, progress=args.progress, split=split)
+    results = reproduce(quick=args.quick, progress=args.progress, split=split, device=args.device)
     print()
     print(format_table(results))
     print(f"\nTotal: {time.perf_counter() - start:.0f} s" + (" (--quick: below the course's targets)" if args.quick else ""))

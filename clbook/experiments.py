@@ -283,23 +283,25 @@ def collapse_monitor(X: Tensor, augment=ALIGNMENT_AUGMENT, seed: int = 0, temper
     return on_epoch_end
 
 
-def evaluate_encoder(encoder: nn.Module, split: Split, seed: int = 0, augment=None) -> dict:
+def evaluate_encoder(encoder: nn.Module, split: Split, seed: int = 0, augment=None, device="auto") -> dict:
     """Linear probe and kNN of a frozen encoder on ``split`` (see :func:`evaluate_frozen`).
 
     Adds ``"uniformity"`` of the held-out features (:func:`clbook.metrics.uniformity`) and, if an
     ``augment`` is given, ``"alignment"`` of the features of two augmented views of every
     held-out digit (drawn from the fixed ``ALIGNMENT_SEED``, the same for every encoder);
-    otherwise ``"alignment"`` is None.
+    otherwise ``"alignment"`` is None. ``device`` is where features, probe and kNN are computed
+    (``"auto"``: CUDA, then MPS, then the CPU).
     """
-    test_feats = extract_features(encoder, split.X_test)
-    scores = evaluate_frozen(extract_features(encoder, split.X_train), split.y_train,
-                             test_feats, split.y_test, seed=seed)
+    test_feats = extract_features(encoder, split.X_test, device=device)
+    scores = evaluate_frozen(extract_features(encoder, split.X_train, device=device), split.y_train,
+                             test_feats, split.y_test, seed=seed, device=device)
     scores["uniformity"] = uniformity(test_feats)
     scores["alignment"] = None
     if augment is not None:
         gen = torch.Generator().manual_seed(ALIGNMENT_SEED)
         v1, v2 = augment(split.X_test, gen), augment(split.X_test, gen)
-        scores["alignment"] = alignment(extract_features(encoder, v1), extract_features(encoder, v2))
+        scores["alignment"] = alignment(extract_features(encoder, v1, device=device),
+                                        extract_features(encoder, v2, device=device))
     return scores
 
 
@@ -329,7 +331,7 @@ def combine_seeds(runs: list[Result]) -> Result:
                   lin, knn, mean_of("alignment"), mean_of("uniformity"))
 
 
-def run_iris(method: str = "supcon", seeds=(0, 1, 2, 3, 4), progress: bool = False) -> Result:
+def run_iris(method: str = "supcon", seeds=(0, 1, 2, 3, 4), progress: bool = False, device="auto") -> Result:
     """Iris MLP, SupCon-pretrained or random, probed on a fresh split for every seed.
 
     Each seed changes the train/test split, the initial weights and the batch order, so the
@@ -343,17 +345,17 @@ def run_iris(method: str = "supcon", seeds=(0, 1, 2, 3, 4), progress: bool = Fal
         start = time.perf_counter()
         split = load_iris(seed=seed)
         if method == "supcon":
-            encoder, _ = train_iris_encoder(split, seed=seed, progress=progress)
+            encoder, _ = train_iris_encoder(split, seed=seed, progress=progress, device=device)
         else:
             encoder = random_encoder("mlp", seed=seed)
-        scores = evaluate_encoder(encoder, split, seed=seed)
+        scores = evaluate_encoder(encoder, split, seed=seed, device=device)
         runs.append(Result("iris", "mlp", method, scores["linear_acc"], scores["knn_acc"],
                            time.perf_counter() - start, "iris-sklearn", uniformity=scores["uniformity"]))
     return combine_seeds(runs)
 
 
 def run_mnist(
-    kind: str, method: str, split: Split, seed: int = 0, progress: bool = True, **overrides
+    kind: str, method: str, split: Split, seed: int = 0, progress: bool = True, device="auto", **overrides
 ) -> tuple[Result, nn.Module, History | None]:
     """Train (or build, for ``method="random"``) one MNIST encoder and evaluate it.
 
@@ -369,8 +371,9 @@ def run_mnist(
     if method == "random":
         encoder, history = random_encoder(kind, seed=seed), None
     else:
-        encoder, history = train_mnist_encoder(kind, method, split, seed=seed, progress=progress, **overrides)
-    scores = evaluate_encoder(encoder, split, seed=seed, augment=ALIGNMENT_AUGMENT)
+        encoder, history = train_mnist_encoder(kind, method, split, seed=seed, progress=progress, device=device,
+                                               **overrides)
+    scores = evaluate_encoder(encoder, split, seed=seed, augment=ALIGNMENT_AUGMENT, device=device)
     result = Result("mnist", kind, method, scores["linear_acc"], scores["knn_acc"],
                     time.perf_counter() - start, split.source,
                     linear_all=[scores["linear_acc"]], knn_all=[scores["knn_acc"]],
@@ -378,7 +381,8 @@ def run_mnist(
     return result, encoder, history
 
 
-def reproduce(quick: bool = False, progress: bool = False, split: Split | None = None) -> list[Result]:
+def reproduce(quick: bool = False, progress: bool = False, split: Split | None = None,
+              device="auto") -> list[Result]:
     """Run every experiment of the results table.
 
     Parameters
@@ -392,12 +396,14 @@ def reproduce(quick: bool = False, progress: bool = False, split: Split | None =
         MNIST data; loaded with :func:`clbook.data.load_mnist` if omitted.
     """
     iris_seeds = (0, 1, 2) if quick else (0, 1, 2, 3, 4)
-    results = [run_iris("supcon", iris_seeds, progress=progress), run_iris("random", iris_seeds)]
+    results = [run_iris("supcon", iris_seeds, progress=progress, device=device),
+               run_iris("random", iris_seeds, device=device)]
     split = split if split is not None else load_mnist()
     for kind, method in MNIST_ROWS:
         overrides = {"epochs": QUICK_EPOCHS[(kind, method)]} if quick and method != "random" else {}
         seeds = (0,) if quick else MNIST_SEEDS.get((kind, method), (0,))
-        runs = [run_mnist(kind, method, split, seed=seed, progress=progress, **overrides)[0] for seed in seeds]
+        runs = [run_mnist(kind, method, split, seed=seed, progress=progress, device=device, **overrides)[0]
+                for seed in seeds]
         results.append(combine_seeds(runs))
     return results
 

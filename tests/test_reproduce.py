@@ -104,3 +104,19 @@ def test_train_mnist_swav_keeps_head_and_prototypes_of_the_kept_epoch(small_mnis
     torch.testing.assert_close(method.prototypes.weight.norm(dim=1), torch.ones(10))
     labels = method.assign(encoder, head, split.X_test)
     assert labels.shape == (len(split.y_test),) and int(labels.max()) < 10
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "no/such/folder"], "--data no/such/folder: no such folder"),
+    (["--device", "no-such-device"], "device must be"),
+])
+def test_reproduce_refuses_a_bad_argument_in_one_line_and_creates_nothing(args, message, tmp_path, monkeypatch, capsys):
+    def must_not_run(**kw):
+        raise AssertionError("reproduce started with a bad argument")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(experiments, "reproduce", must_not_run)
+    assert main(["reproduce", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("python -m clbook reproduce: error: ") and message in err, err
+    assert list(tmp_path.iterdir()) == []
