@@ -1,8 +1,11 @@
 """clbook: companion package of an executable course on contrastive learning.
 
-Modules, one per concept: ``losses``, ``memory``, ``encoders``, ``data``, ``training``, ``methods``,
-``experiments``, ``viz``, ``cluster``; ``exercises`` checks the notebooks' exercises, ``student``
-writes the student edition and ``launch`` runs ``python -m clbook pretrain``.
+One module per concept, and three packages with one file per loss family (``losses``), per method
+(``methods``, whose ``REGISTRY`` names them all) and per notebook (``exercises``). Imports point one
+way: ``experiments``, ``notes`` and ``launch`` use ``training`` (the one loop), which uses
+``methods``, which use ``losses``, ``encoders``, ``data``, ``memory``, ``metrics``, ``sinkhorn``;
+``evaluation`` scores frozen features; ``checks``, ``runtime`` and ``distributed`` sit at the bottom.
+``student`` writes the student edition.
 """
 
 from clbook.losses import (
