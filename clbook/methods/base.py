@@ -4,17 +4,17 @@
 (one process or several under ``torchrun``) run every method through the same per-step code,
 :func:`clbook.training.train_step`::
 
-    method.setup(encoder, head)                 # once: build copies, queues, predictors
+    method.setup(encoder, head)            # once: copies, queues, predictors
     for epoch in 1..epochs:
         method.start_epoch(epoch, epochs)
         for each batch (indices idx, inputs xb):
-            views = [augment(xb), augment(xb)]  # method.n_views of them
+            views = [augment(xb), augment(xb)]            # method.n_views of them
             loss = method.loss(encoder, head, views, y[idx] or None, idx)
-            loss.backward()                     # (several processes: gradients averaged here)
-            method.before_step(step, total_steps)   # e.g. drop the prototypes' gradient
-            optimizer.step()                        # encoder, head and method.trainable_parameters()
-            method.after_step(encoder, head, step, total_steps)  # e.g. momentum update, enqueue
-        history.metrics[name].append(value) for name, value in method.end_epoch(encoder, head).items()
+            loss.backward()                               # several processes: averaged here
+            method.before_step(step, total)               # e.g. drop a gradient
+            optimizer.step()                              # encoder, head, method's own
+            method.after_step(encoder, head, step, total) # e.g. momentum update, enqueue
+        history.metrics += method.end_epoch(encoder, head)  # figures of the epoch, by name
 
 A method is an ``nn.Module`` so that its state (a queue, a key encoder) follows ``.to(device)`` and
 appears in ``state_dict()``. Parameters of copies that must not be trained (a momentum encoder)
