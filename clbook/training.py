@@ -223,19 +223,16 @@ def pretrain(
     dev = resolve_device(device)
     encoder.to(dev)
     head.to(dev)
-    n = X.shape[0]
-    batch_size = min(batch_size, n)
+    n, batch_size = X.shape[0], min(batch_size, X.shape[0])
     gen = torch.Generator().manual_seed(seed)
     method.num_samples = n  # per-sample memories (a memory bank) are sized by it
     method.setup(encoder, head)
     method.to(dev)
     params = [*encoder.parameters(), *head.parameters(), *method.trainable_parameters()]
     opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = n // batch_size
-    total_steps = epochs * steps_per_epoch
+    steps_per_epoch, total_steps = n // batch_size, epochs * (n // batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps) if cosine else None
-    hist = History()
-    best_acc, best_state = -1.0, None
+    hist, best_acc, best_state = History(), -1.0, None
     start = time.perf_counter()
     bar = progress_bar(range(1, epochs + 1), f"pretrain {method.name}", progress)
     for epoch in bar:
@@ -267,10 +264,9 @@ def pretrain(
                 best_acc, hist.best_epoch = acc, epoch
                 best_state = copy.deepcopy(encoder.state_dict())
         bar.set_postfix(postfix, refresh=False)
-    if best_state is not None:
+    if best_state is not None:  # validation data chose the epoch: keep its weights
         encoder.load_state_dict(best_state)
-    else:
-        hist.best_epoch = epochs
+    hist.best_epoch = hist.best_epoch or epochs  # without it, the last epoch
     encoder.eval()
     hist.seconds = time.perf_counter() - start
     return hist
