@@ -39,7 +39,8 @@ import torch
 from torch import Tensor
 
 from clbook.checks import check_int, check_probability, check_real
-from clbook.data import Split, load_mnist
+from clbook import data
+from clbook.data import Split
 from clbook.distributed import convert_sync_batchnorm
 from clbook.encoders import ProjectionHead, make_encoder
 from clbook.evaluation import evaluate_frozen, extract_features
@@ -231,8 +232,10 @@ def run_pretrain(args: argparse.Namespace) -> dict:
     rank, world, device = setup_distributed(args.device)
     main = rank == 0
     options, head_options, temperature, augment = _settings(args)
-    split = load_image_folder(args.images) if args.images else load_mnist(root=args.data, download=not args.offline,
-                                                                          verbose=main)
+    if args.images:
+        split = load_image_folder(args.images)
+    else:  # read through the module at call time, so that a test's stand-in is what runs
+        split = data.load_mnist(root=args.data, download=not args.offline, verbose=main)
     X, y = split.X_train[: args.limit], split.y_train[: args.limit]
     if len(X) < args.batch_size * world:
         raise ValueError(f"{len(X)} training images are fewer than one global batch "
