@@ -22,7 +22,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from clbook.data import LIGHT_AUGMENT, SIMCLR_AUGMENT, Split, load_iris, load_mnist, train_val_split
 from clbook.encoders import ProjectionHead, make_encoder
@@ -159,7 +158,7 @@ def train_mnist_encoder(
     seed : int
         Seeds weights, batch order and augmentations.
     progress : bool
-        tqdm progress bar.
+        Show progress (one line per run in a notebook).
     monitor : bool, optional
         Log the collapse diagnostics of :func:`collapse_monitor` on the validation digits after
         every epoch, in ``history.metrics``. Default: the recipe's ``monitor`` (methods without negatives).
@@ -391,7 +390,7 @@ def reproduce(quick: bool = False, progress: bool = False, split: Split | None =
         Few epochs and one seed per row (a smoke test that finishes in about a minute); numbers
         are then below the course's targets.
     progress : bool
-        tqdm progress bars during pre-training.
+        Progress lines during pre-training.
     split : Split, optional
         MNIST data; loaded with :func:`clbook.data.load_mnist` if omitted.
     """

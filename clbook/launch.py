@@ -45,8 +45,8 @@ from clbook.distributed import convert_sync_batchnorm
 from clbook.encoders import ProjectionHead, make_encoder
 from clbook.evaluation import evaluate_frozen, extract_features
 from clbook.methods import REGISTRY, make_method
-from clbook.runtime import resolve_device
-from clbook.training import check_method_data, progress_bar, train_step
+from clbook.runtime import progress_bar, resolve_device
+from clbook.training import check_method_data, train_step
 
 __all__ = ["load_image_folder", "setup_distributed", "check_arguments", "run_pretrain", "add_arguments"]
 

@@ -16,11 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from clbook.checks import check_int, check_real
 from clbook.losses import supcon_loss
-from clbook.runtime import single_thread
+from clbook.runtime import progress_bar, single_thread
 
 __all__ = ["notes_pretrain", "notes_pretrain_many", "HeadTrace", "notes_linear_head"]
 
@@ -66,7 +65,7 @@ def notes_pretrain(
     seed : int
         Seeds the batch order.
     progress : bool
-        tqdm progress bar.
+        Show progress (:func:`clbook.runtime.progress_bar`).
 
     Returns
     -------
@@ -80,8 +79,7 @@ def notes_pretrain(
     opt = torch.optim.SGD(encoder.parameters(), lr=lr)
     n, losses = X.shape[0], []
     encoder.train()
-    for epoch in tqdm(range(1, epochs + 1), desc="notes' SupCon", disable=not progress, leave=False,
-                      mininterval=1.0):
+    for epoch in progress_bar(range(1, epochs + 1), "notes' SupCon", progress):
         perm = torch.randperm(n, generator=gen)
         total = 0.0
         for i in range(0, n, batch_size):

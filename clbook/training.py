@@ -15,7 +15,6 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm  # plain text bar: no ipywidgets needed, renders in notebooks too
 
 from clbook.checks import check_int as _check_int, check_real as _check_real
 from clbook.evaluation import (
@@ -29,7 +28,7 @@ from clbook.evaluation import (
 )
 from clbook.distributed import average_gradients, average_value
 from clbook.methods import Method, as_method
-from clbook.runtime import resolve_device, set_seed, single_thread
+from clbook.runtime import progress_bar, resolve_device, set_seed, single_thread
 
 __all__ = [
     "set_seed",
@@ -199,7 +198,7 @@ def pretrain(
     seed : int
         Seeds the batch order and the augmentations.
     progress : bool
-        Show a tqdm progress bar.
+        Show progress (:func:`clbook.runtime.progress_bar`: one line per run in a notebook).
     on_epoch_end : callable, optional
         ``on_epoch_end(encoder, epoch) -> dict`` of figures (e.g. collapse diagnostics on
         validation features), called after every epoch in eval mode and logged in
@@ -271,13 +270,6 @@ def pretrain(
     hist.seconds = time.perf_counter() - start
     return hist
 
-
-def progress_bar(iterable, desc: str, enabled: bool = True):
-    """A tqdm progress bar over epochs, the same in :func:`pretrain` and ``python -m clbook pretrain``.
-
-    ``mininterval`` keeps it from writing hundreds of updates into a saved notebook.
-    """
-    return tqdm(iterable, desc=desc, disable=not enabled, leave=False, mininterval=1.0)
 
 
 # ----------------------------------------------------------------------------- plots

@@ -177,3 +177,33 @@ def test_pretrain_method_by_name_checks_options():
         assert len(h.loss) == 1
     finally:
         del METHODS["plain"]
+
+
+def test_progress_is_one_line_outside_a_terminal(capsys):
+    from clbook.runtime import progress_bar
+
+    bar = progress_bar(range(3), "demo")
+    for i in bar:
+        bar.set_postfix({"loss": f"{i:.1f}"})
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("demo: 3/3 [") and err.rstrip().endswith("loss 2.0")
+    bar = progress_bar(range(3), "quiet", enabled=False)
+    assert list(bar) == [0, 1, 2]
+    bar.set_postfix({"loss": "1"})
+    assert capsys.readouterr().err == ""
+
+
+def test_progress_in_a_notebook_is_saved_as_its_final_line():
+    """A kernel shows one display that updates replace: the saved cell keeps one clean line."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import time\nfrom clbook.runtime import progress_bar\nbar = progress_bar(range(4), 'demo')\n"
+        "for i in bar:\n    time.sleep(0.4)\n    bar.set_postfix({'step': i})\n")]
+    NotebookClient(nb, kernel_name="python3", timeout=120).execute()
+    outputs = nb.cells[0].outputs
+    assert len(outputs) == 1 and outputs[0].output_type == "display_data"
+    text = outputs[0].data["text/plain"]
+    assert text.startswith("demo: 4/4 [") and text.endswith("step 3") and "\r" not in text
