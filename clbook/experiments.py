@@ -20,12 +20,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clbook.data import LIGHT_AUGMENT, SIMCLR_AUGMENT, Split, load_iris, load_mnist, train_val_split
+from clbook.data import SIMCLR_AUGMENT, Split, load_iris, load_mnist, train_val_split
 from clbook.encoders import ProjectionHead, make_encoder
-from clbook.losses import nt_xent_loss, supcon_loss
+from clbook.losses import nt_xent_loss
 from clbook.methods import REGISTRY, Recipe, SwAV, make_method
 from clbook.metrics import alignment, feature_metrics, uniformity
 from clbook.training import History, evaluate_frozen, extract_features, pretrain, set_seed, single_thread

@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from typing import Sequence
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from clbook.checks import check_int, check_real

@@ -17,7 +17,6 @@ the first step (later each rank draws its own negatives from the bank).
 
 from __future__ import annotations
 
-import copy
 import socket
 
 import pytest
