@@ -63,7 +63,7 @@ def test_reproduce_quick_writes_json_rows(small_mnist, tmp_path, capsys):
     assert {r["data"] for r in rows if r["dataset"] == "mnist"} == {"mnist-t10k-shipped"}
     printed = capsys.readouterr().out
     assert "linear %" in printed and printed.count("mnist-t10k-shipped") == 10
-    assert "linear@10" in printed and "kNN@100" in printed
+    assert "linear@10" in printed and "kNN@10" in printed
     assert "align" in printed and "unif" in printed
 
 
