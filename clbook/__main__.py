@@ -9,8 +9,9 @@ file is replaced only with ``--overwrite``), and the JSON is strict: a value tha
 number is written as ``null``.
 
 ``pretrain --method NAME [...]`` pre-trains the course's CNN with any method of the registry
-(:data:`clbook.methods.REGISTRY`) on MNIST or a folder of images, on one process or under ``torchrun --nproc_per_node=K -m clbook pretrain ...``, with a
-checkpoint to resume from and a final linear probe (see :mod:`clbook.launch`).
+(:data:`clbook.methods.REGISTRY`) on MNIST or a folder of images, on one process or under
+``torchrun --nproc_per_node=K -m clbook pretrain ...``, with a checkpoint to resume from and a final
+linear probe (see :mod:`clbook.launch`).
 
 ``student-edition OUTDIR [NOTEBOOK ...]`` writes the notebooks with every solution replaced by a stub.
 """
@@ -159,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     results = reproduce(quick=args.quick, progress=args.progress, split=split, device=args.device)
     print()
     print(format_table(results))
-    print(f"\nTotal: {time.perf_counter() - start:.0f} s" + (" (--quick: below the course's targets)" if args.quick else ""))
+    print(f"\nTotal: {time.perf_counter() - start:.0f} s"
+          + (" (--quick: below the course's targets)" if args.quick else ""))
     if args.json:
         rows = [{key: _strict(value) for key, value in r.row().items()} for r in results]
         with open(args.json, "w") as f:

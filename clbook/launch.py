@@ -189,7 +189,8 @@ def _resume(checkpoint: Path, args: argparse.Namespace, rank: int, device: torch
     if state["method"] != args.method:
         raise ValueError(f"checkpoint {str(checkpoint)!r} was trained with {state['method']!r}, not {args.method!r}")
     if state["epoch"] >= args.epochs:  # never report a run that trained nothing
-        raise ValueError(f"--epochs {args.epochs}: the checkpoint has already trained {_count(state['epoch'], 'epoch')}; "
+        raise ValueError(f"--epochs {args.epochs}: the checkpoint has already trained "
+                         f"{_count(state['epoch'], 'epoch')}; "
                          "ask for more to resume")
     for part, key in zip(parts, _STATE_KEYS):
         part.load_state_dict(state[key])
@@ -322,7 +323,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     (``argparse.ArgumentDefaultsHelpFormatter``) where there is one.
     """
     parser.add_argument("--method", choices=list(REGISTRY), default="simclr",
-                        help="the pre-training method; its MNIST recipe (clbook.methods.REGISTRY) sets the temperature and options")
+                        help="the pre-training method; its MNIST recipe (clbook.methods.REGISTRY) sets the "
+                             "temperature and options")
     parser.add_argument("--images", metavar="DIR",
                         help="a folder of images, one subfolder per class (default: MNIST instead)")
     parser.add_argument("--data", metavar="DIR",
@@ -347,7 +349,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: the method's recipe)")
     parser.add_argument("--sync-batchnorm", action="store_true",
                         help="batch norm over the global batch under torchrun (heads with batch norm)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps")
     parser.add_argument("--seed", type=int, default=0, metavar="N",
                         help="seed of the initial weights, the order of the batches, the augmentations and the probe")
     parser.add_argument("--checkpoint", metavar="FILE", help="save after every epoch, from rank 0 (default: no file)")

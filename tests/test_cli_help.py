@@ -91,7 +91,8 @@ def write_notebooks(folder: Path, n: int) -> list[str]:
     paths = []
     for i in range(n):
         path = folder / f"{i:02d}_toy.ipynb"
-        cell = nbformat.v4.new_code_cell("# Exercise 9.1\ndef f():\n    # BEGIN SOLUTION\n    return 1\n    # END SOLUTION\n")
+        source = "# Exercise 9.1\ndef f():\n    # BEGIN SOLUTION\n    return 1\n    # END SOLUTION\n"
+        cell = nbformat.v4.new_code_cell(source)
         nbformat.write(nbformat.v4.new_notebook(cells=[cell]), path)
         paths.append(str(path))
     return paths

@@ -117,4 +117,5 @@ def test_the_release_runs_and_every_checker_says_not_attempted_yet(path):
         assert err.getvalue() == "", f"{path.name}, exercise {key} wrote to stderr:\n{err.getvalue()}"
         reported[key] = lines
     registered = {key for key in EXERCISES if key.startswith(path.name[:2] + ".")}
-    assert registered and set(reported) == registered, f"{path.name}: checked {sorted(reported)}, registered {sorted(registered)}"
+    assert registered and set(reported) == registered, \
+        f"{path.name}: checked {sorted(reported)}, registered {sorted(registered)}"
