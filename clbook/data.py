@@ -37,6 +37,7 @@ import socket
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -56,6 +57,8 @@ __all__ = [
     "DigitAugment",
     "SIMCLR_AUGMENT",
     "LIGHT_AUGMENT",
+    "SpeechSequences",
+    "make_speech_sequences",
 ]
 
 # Published checksums (the same ones torchvision verifies after its download).
@@ -481,3 +484,165 @@ class DigitAugment:
 SIMCLR_AUGMENT = DigitAugment(scale=(0.4, 1.0), degrees=20.0, translate=0.1)
 # Mild: with labels SupCon needs no hard pretext task, only some invariance.
 LIGHT_AUGMENT = DigitAugment(scale=(0.8, 1.0), degrees=10.0, translate=0.05)
+
+
+# ----------------------------------------------------------------------------- speech-like sequences (CPC)
+
+
+@dataclass(frozen=True)
+class SpeechSequences:
+    """Sequences from :func:`make_speech_sequences`, with the factors that generated them.
+
+    Unpacks as ``x, speaker, phoneme = make_speech_sequences(...)``.
+
+    Attributes
+    ----------
+    x : Tensor, shape [N, 1, T], float32
+        The signals, one channel.
+    speaker : Tensor, shape [N], int64
+        Who says each sequence, in ``[0, n_speakers)``.
+    phoneme : Tensor, shape [N, T], int64
+        The phoneme at every time step, in ``[0, n_phonemes)``.
+    period : Tensor, shape [n_speakers], float64
+        Each speaker's pitch period (samples between glottal pulses, on average).
+    scale : Tensor, shape [n_speakers], float64
+        Each speaker's vocal-tract factor: the phonemes' formant frequencies are multiplied by it.
+    radius : Tensor, shape [n_speakers], float64
+        Pole radius of each speaker's resonators (closer to 1: sharper formants, longer ringing).
+    formants : Tensor, shape [n_phonemes, 2], float64
+        Each phoneme's two formant frequencies, in cycles per sample.
+    """
+
+    x: Tensor
+    speaker: Tensor
+    phoneme: Tensor
+    period: Tensor
+    scale: Tensor
+    radius: Tensor
+    formants: Tensor
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return iter((self.x, self.speaker, self.phoneme))
+
+
+# Ranges of the generating factors (cycles per sample for frequencies, samples for periods).
+_PITCH_PERIOD = (8.0, 16.0)
+_TRACT_SCALE = (0.9, 1.1)
+_POLE_RADIUS = (0.90, 0.96)
+_FORMANT_1 = (0.04, 0.15)
+_FORMANT_2 = (0.18, 0.40)
+
+
+def make_speech_sequences(n_speakers: int = 8, n_sequences: int = 1024, length: int = 1024, seed: int = 0, *,
+                          n_phonemes: int = 8, segment: tuple[int, int] = (96, 288), noise: float = 0.3,
+                          jitter: float = 0.1) -> SpeechSequences:
+    """Speech-like sequences with known factors: speakers saying phonemes, for CPC (notebook 11).
+
+    A source-filter model, the textbook model of voiced speech, at CPU scale. Each speaker is a
+    small dynamical system: a train of glottal pulses (one every ``period`` samples, each gap
+    jittered by a factor ``1 + jitter * N(0, 1)``) drives two resonators, second-order recursions
+    ``y_t = 2 r cos(2 pi f) y_{t-1} - r^2 y_{t-2} + pulse_t`` whose frequencies f are the current
+    phoneme's two formants times the speaker's vocal-tract ``scale``, with the speaker's pole
+    ``radius`` r. The resonators' state carries over when the phoneme changes. A sequence says
+    phonemes one after the other, each held for a duration drawn uniformly from ``segment`` (two
+    consecutive phonemes differ); its signal is the sum of the two resonators, standardized to
+    zero mean and unit variance, plus white noise of standard deviation ``noise``.
+
+    So the speaker (pitch, formant scale, sharpness) is constant over a sequence: slow. The
+    phoneme changes every few dozen to few hundred steps. The noise changes at every step and
+    carries nothing: only what is shared across time is worth predicting.
+
+    Factors are drawn from ``seed``: pitch periods uniform in [8, 16] samples, tract scales in
+    [0.9, 1.1], radii in [0.90, 0.96]; formants spread over [0.04, 0.15] and [0.18, 0.40]
+    cycles per sample (each phoneme in its own slice of each range, in a random pairing, so no
+    two phonemes share a formant). Speakers are balanced: sequence i is said by a speaker of a
+    random permutation of ``i mod n_speakers``.
+
+    Parameters
+    ----------
+    n_speakers : int, default 8
+    n_sequences : int, default 1024
+    length : int, default 1024
+        T, samples per sequence.
+    seed : int, default 0
+        Same seed, same factors and same sequences (NumPy's ``default_rng``).
+    n_phonemes : int, default 8
+        At least 2.
+    segment : (int, int), default (96, 288)
+        Shortest and longest duration of a phoneme, in samples.
+    noise : float, default 0.3
+        Standard deviation of the additive white noise (the clean signal has unit variance).
+    jitter : float in [0, 0.5], default 0.1
+        Relative standard deviation of the gaps between pulses (gaps are kept at least 1 sample).
+
+    Returns
+    -------
+    SpeechSequences
+        ``x`` [N, 1, T] float32, ``speaker`` [N] and ``phoneme`` [N, T] int64, and the factors.
+    """
+    n_speakers = check_int("n_speakers", n_speakers, 1)
+    n_sequences = check_int("n_sequences", n_sequences, 1)
+    length = check_int("length", length, 1)
+    seed = check_int("seed", seed, 0, 2**63 - 1)
+    n_phonemes = check_int("n_phonemes", n_phonemes, 2)
+    if not isinstance(segment, (tuple, list)) or len(segment) != 2:
+        raise ValueError(f"segment must be a pair (shortest, longest) of positive integers, got {segment!r}")
+    shortest, longest = check_int("segment[0]", segment[0], 1), check_int("segment[1]", segment[1], 1)
+    if shortest > longest:
+        raise ValueError(f"segment must be (shortest, longest) with shortest <= longest, got {tuple(segment)}")
+    noise = check_real("noise", noise, 0.0, strict=False)
+    jitter = check_real("jitter", jitter, 0.0, strict=False, maximum=0.5)
+
+    rng = np.random.default_rng(seed)
+    period = rng.uniform(*_PITCH_PERIOD, n_speakers)
+    scale = rng.uniform(*_TRACT_SCALE, n_speakers)
+    radius = rng.uniform(*_POLE_RADIUS, n_speakers)
+    slots = [(rng.permutation(n_phonemes) + rng.uniform(size=n_phonemes)) / n_phonemes for _ in range(2)]
+    formants = np.stack([lo + (hi - lo) * u for (lo, hi), u in zip((_FORMANT_1, _FORMANT_2), slots)], axis=1)
+    n, T = n_sequences, length
+    speaker = rng.permutation(np.arange(n) % n_speakers)
+
+    # Phonemes: segments of random durations, each different from the one before.
+    phoneme = np.empty((n, T), dtype=np.int64)
+    for i in range(n):
+        t, previous = 0, -1
+        while t < T:
+            duration = int(rng.integers(shortest, longest + 1))
+            p = int(rng.integers(n_phonemes - (previous >= 0)))
+            p += previous >= 0 and p >= previous  # skip the previous phoneme
+            phoneme[i, t : t + duration] = previous = p
+            t += duration
+
+    # Glottal pulses: jittered gaps around the speaker's period, a random phase at the start.
+    per = period[speaker]  # [N]
+    n_pulses = int(T / (_PITCH_PERIOD[0] * 0.5)) + 2  # gaps are at least half the shortest period
+    gaps = np.maximum(per[:, None] * (1 + jitter * rng.standard_normal((n, n_pulses))), 1.0)
+    times = np.rint(np.cumsum(gaps, axis=1) - rng.uniform(size=n)[:, None] * per[:, None]).astype(np.int64)
+    pulses = np.zeros((n, T))
+    rows = np.repeat(np.arange(n), n_pulses)
+    inside = (times.ravel() >= 0) & (times.ravel() < T)
+    pulses[rows[inside], times.ravel()[inside]] = 1.0
+
+    # The two resonators, with time-varying coefficients (the formants of the phoneme said at t).
+    r = radius[speaker][:, None]  # [N, 1]
+    omega = 2 * np.pi * formants[phoneme] * scale[speaker][:, None, None]  # [N, T, 2]
+    a1, a2 = 2 * r[..., None] * np.cos(omega), -(r**2)[..., None]  # [N, T, 2], [N, 1, 1]
+    y1, y2 = np.zeros((n, 2)), np.zeros((n, 2))  # y_{t-1}, y_{t-2} of both resonators
+    clean = np.empty((n, T))
+    for t in range(T):
+        y = a1[:, t] * y1 + a2[:, 0] * y2 + pulses[:, t, None]
+        y1, y2 = y, y1
+        clean[:, t] = y.sum(axis=1)
+    std = clean.std(axis=1, keepdims=True)
+    clean = (clean - clean.mean(axis=1, keepdims=True)) / np.where(std > 0, std, 1.0)
+    x = clean + noise * rng.standard_normal((n, T))
+    as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    return SpeechSequences(
+        x=torch.from_numpy(x.astype(np.float32)).unsqueeze(1),
+        speaker=as_tensor(speaker.astype(np.int64)),
+        phoneme=as_tensor(phoneme),
+        period=as_tensor(period),
+        scale=as_tensor(scale),
+        radius=as_tensor(radius),
+        formants=as_tensor(formants),
+    )

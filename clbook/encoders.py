@@ -30,6 +30,8 @@ __all__ = [
     "make_encoder",
     "ENCODERS",
     "PixelFeatures",
+    "CPCEncoder",
+    "CPCPredictor",
 ]
 
 
@@ -325,3 +327,118 @@ def make_encoder(kind: str, seed: int | None = None, **kwargs) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return ENCODERS[kind](**kwargs)
+
+
+# ----------------------------------------------------------------------------- sequences (CPC, notebook 11)
+
+
+class CPCEncoder(nn.Module):
+    """CPC's two networks for 1-D sequences: a strided convolutional encoder and a GRU above it.
+
+    ``g_enc`` maps the raw sequence to one latent ``z_t`` per *frame* of ``frame`` samples: one
+    ``Conv1d(kernel = stride = s)`` and a ReLU per entry ``s`` of ``strides``, then a 1x1
+    convolution to ``latent_dim``. Kernel and stride are equal, so the frames do not overlap and
+    ``frame = prod(strides)``: latent t sees exactly the samples ``[t * frame, (t + 1) * frame)``.
+    That is deliberate: if two latents shared input samples, the positive of a prediction could
+    be recognised by the noise they share, a shortcut that teaches nothing (notebook 11).
+    ``g_ar`` is a one-layer GRU (batch first) that reads ``z_1 .. z_t`` and gives the context
+    ``c_t``, which only the past can reach.
+
+    Parameters
+    ----------
+    in_channels : int, default 1
+    hidden : int, default 64
+        Channels of the strided convolutions.
+    latent_dim : int, default 32
+        Size D of the latents ``z_t``.
+    context_dim : int, default 32
+        Size C of the contexts ``c_t`` (the GRU's hidden state).
+    strides : tuple of int, default (4, 8)
+        Downsampling of each convolution; their product is the frame length (32 samples by default).
+
+    Shapes: :meth:`encode` ``[N, in_channels, T] -> [N, T // frame, D]`` (the last ``T % frame``
+    samples are dropped); :meth:`context` ``[N, T', D] -> [N, T', C]``; ``forward``
+    ``[N, in_channels, T] -> [N, C]``, the context at the last frame: one vector per sequence, what
+    :func:`clbook.evaluation.extract_features` and the training loop's kNN see.
+    """
+
+    def __init__(self, in_channels: int = 1, hidden: int = 64, latent_dim: int = 32, context_dim: int = 32,
+                 strides: tuple[int, ...] = (4, 8)) -> None:
+        super().__init__()
+        in_channels, hidden, latent_dim, context_dim = _sizes(in_channels=in_channels, hidden=hidden,
+                                                              latent_dim=latent_dim, context_dim=context_dim)
+        if not isinstance(strides, (tuple, list)) or not strides:
+            raise ValueError(f"strides must be a non-empty tuple of positive integers, got {strides!r}")
+        strides = tuple(_sizes(**{f"strides[{i}]": s for i, s in enumerate(strides)}))
+        self.in_channels, self.latent_dim, self.context_dim, self.strides = in_channels, latent_dim, context_dim, strides
+        self.frame = 1
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for s in strides:
+            layers += [nn.Conv1d(channels, hidden, kernel_size=s, stride=s), nn.ReLU()]
+            channels, self.frame = hidden, self.frame * s
+        self.genc = nn.Sequential(*layers, nn.Conv1d(channels, latent_dim, kernel_size=1))
+        self.gar = nn.GRU(latent_dim, context_dim, batch_first=True)
+        self.out_dim = context_dim
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Latents ``z`` ``[N, T // frame, D]`` of sequences ``x`` ``[N, in_channels, T]``."""
+        name = type(self).__name__
+        if not isinstance(x, Tensor):
+            raise ValueError(f"{name} expects a tensor input, got {type(x).__name__}")
+        if x.dim() != 3 or x.shape[1] != self.in_channels:
+            raise ValueError(f"{name} expects input of shape [N, {self.in_channels}, T], got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"{name} expects a floating-point sequence, got dtype {x.dtype}")
+        if x.shape[2] < self.frame:
+            raise ValueError(f"{name} needs sequences of at least one frame ({self.frame} samples), "
+                             f"got T = {x.shape[2]}")
+        usable = x.shape[2] - x.shape[2] % self.frame
+        return self.genc(x[:, :, :usable]).transpose(1, 2)  # [N, D, T'] -> [N, T', D]
+
+    def context(self, z: Tensor) -> Tensor:
+        """Contexts ``c`` ``[N, T', C]`` of latents ``z`` ``[N, T', D]``: ``c_t`` depends on ``z_1 .. z_t`` only."""
+        if not isinstance(z, Tensor) or z.dim() != 3 or z.shape[2] != self.latent_dim or z.shape[1] == 0:
+            shape = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
+            raise ValueError(f"{type(self).__name__}.context expects latents of shape [N, T', {self.latent_dim}] "
+                             f"with T' >= 1, got {shape}")
+        return self.gar(z)[0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.context(self.encode(x))[:, -1]
+
+
+class CPCPredictor(nn.Module):
+    """CPC's prediction maps: one linear map ``W_k`` per step ``k = 1 .. steps``, without bias.
+
+    ``W_k c_t`` predicts the latent ``z_{t+k}``; CPC scores a candidate ``z`` by ``z . W_k c_t``
+    (a log-bilinear critic). The K maps are stored as one ``Linear(context_dim, steps *
+    latent_dim)``, whose rows ``(k - 1) D .. k D - 1`` are ``W_k``: one matrix product for all
+    steps. Like a projection head, it is thrown away after pre-training.
+
+    Parameters
+    ----------
+    context_dim : int, default 32
+    latent_dim : int, default 32
+    steps : int, default 4
+        K, the farthest step predicted.
+
+    Shapes: input ``[..., context_dim]``, output ``[..., steps, latent_dim]`` (``[N, T, C]`` gives
+    the ``[N, T, K, D]`` that :func:`clbook.losses.cpc_loss` takes).
+    """
+
+    def __init__(self, context_dim: int = 32, latent_dim: int = 32, steps: int = 4) -> None:
+        super().__init__()
+        context_dim, latent_dim, steps = _sizes(context_dim=context_dim, latent_dim=latent_dim, steps=steps)
+        self.context_dim, self.latent_dim, self.steps = context_dim, latent_dim, steps
+        self.linear = nn.Linear(context_dim, steps * latent_dim, bias=False)
+
+    def forward(self, c: Tensor) -> Tensor:
+        name = type(self).__name__
+        if not isinstance(c, Tensor) or c.dim() < 1 or c.shape[-1] != self.context_dim:
+            shape = tuple(c.shape) if isinstance(c, Tensor) else type(c).__name__
+            raise ValueError(f"{name} expects input of shape [..., {self.context_dim}], got {shape}")
+        return self.linear(c).unflatten(-1, (self.steps, self.latent_dim))
+
+
+ENCODERS["cpc"] = CPCEncoder

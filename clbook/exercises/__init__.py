@@ -44,6 +44,9 @@ key       checker                                  module              the learn
 08.3      :data:`.check_effective_rank`            nb08_collapse       the effective rank (RankMe)
 09.1      :data:`.check_sinkhorn`                  nb09_swav           Sinkhorn-Knopp in log space
 09.2      :data:`.check_swav_loss`                 nb09_swav           SwAV's swapped prediction
+11.1      :data:`.check_cpc_step_loss`             nb11_cpc            CPC's InfoNCE of one step, batch negatives
+11.2      :data:`.check_cpc_mi_bound`              nb11_cpc            the bound log N_k - L_k of every step
+11.3      :data:`.check_cpc_sequence_loss`         nb11_cpc            the same, negatives from one sequence only
 ========  =======================================  ==================  ===========================================
 
 To add a checker to notebook NN, write it in ``clbook/exercises/nbNN_<topic>.py`` (a new notebook
@@ -69,6 +72,7 @@ from clbook.exercises.nb06_clustering_em import check_em_step, check_gmm_bic, ch
 from clbook.exercises.nb07_moco import check_info_nce_queue, check_enqueue, check_ema_update
 from clbook.exercises.nb08_collapse import check_alignment_uniformity, check_simsiam_loss, check_effective_rank
 from clbook.exercises.nb09_swav import check_sinkhorn, check_swav_loss
+from clbook.exercises.nb11_cpc import check_cpc_mi_bound, check_cpc_sequence_loss, check_cpc_step_loss
 
 __all__ = [
     "Case",
@@ -101,4 +105,7 @@ __all__ = [
     "check_effective_rank",
     "check_sinkhorn",
     "check_swav_loss",
+    "check_cpc_step_loss",
+    "check_cpc_mi_bound",
+    "check_cpc_sequence_loss",
 ]

@@ -1,11 +1,12 @@
 """Contrastive losses: DrLIM margin loss, triplet loss, NT-Xent (SimCLR), SupCon and InfoNCE (MoCo);
-the losses without negatives of SimSiam (negative cosine) and BYOL (normalized MSE); and SwAV's
-swapped prediction.
+the losses without negatives of SimSiam (negative cosine) and BYOL (normalized MSE); SwAV's
+swapped prediction; and CPC's InfoNCE over predicted future latents.
 
 One file per loss family, each opening with the plain form of its loss (the formula, the shapes,
 the computation that runs on an ordinary batch), its fast path beside it and its ``nn.Module``
 wrapper after it: ``margin`` (DrLIM, triplet), ``nt_xent``, ``supcon``, ``info_nce``,
-``no_negatives`` (negative cosine, normalized MSE) and ``swav``. Every public name is re-exported
+``no_negatives`` (negative cosine, normalized MSE), ``swav`` and ``cpc`` (which calls
+``info_nce_loss`` once per prediction step). Every public name is re-exported
 here: ``from clbook.losses import nt_xent_loss``. The machinery is private: ``_checks`` (input
 checks, the float32 rule, norms, the logits of the softmax losses) and ``_tiled`` (the tiled
 log-denominators, with the thresholds that decide when a loss tiles); the rows of every process
@@ -32,6 +33,7 @@ Conventions shared by every function here
 * Bad input raises ``ValueError`` naming the problem; nothing here returns a silent NaN.
 """
 
+from clbook.losses.cpc import CPCLoss, cpc_logits, cpc_loss
 from clbook.losses.info_nce import InfoNCELoss, info_nce_loss
 from clbook.losses.margin import MarginContrastiveLoss, TripletMarginLoss, margin_contrastive_loss, triplet_margin_loss
 from clbook.losses.no_negatives import negative_cosine_loss, normalized_mse_loss
@@ -48,9 +50,12 @@ __all__ = [
     "negative_cosine_loss",
     "normalized_mse_loss",
     "swav_loss",
+    "cpc_loss",
+    "cpc_logits",
     "MarginContrastiveLoss",
     "TripletMarginLoss",
     "NTXentLoss",
     "SupConLoss",
     "InfoNCELoss",
+    "CPCLoss",
 ]

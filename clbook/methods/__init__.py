@@ -25,6 +25,7 @@ from clbook.data import LIGHT_AUGMENT as LIGHT
 from clbook.data import SIMCLR_AUGMENT as STRONG
 from clbook.methods.base import LossMethod, Method, Recipe, output_dim
 from clbook.methods.byol import BYOL
+from clbook.methods.cpc import CPC
 from clbook.methods.memory_bank import MemoryBankMethod
 from clbook.methods.moco import MoCo
 from clbook.methods.simclr import SimCLR
@@ -34,7 +35,7 @@ from clbook.methods.swav import SwAV
 
 __all__ = [
     "Method", "LossMethod", "Recipe", "Entry", "REGISTRY", "METHODS", "make_method", "as_method", "output_dim",
-    "SimCLR", "SupCon", "MoCo", "MemoryBankMethod", "SimSiam", "BYOL", "SwAV",
+    "SimCLR", "SupCon", "MoCo", "MemoryBankMethod", "SimSiam", "BYOL", "SwAV", "CPC",
 ]
 
 
@@ -85,6 +86,8 @@ REGISTRY: dict[str, Entry] = {
     "swav": Entry(SwAV,
                   Recipe("cnn", epochs=12, augment=LIGHT, temperature=0.1, head={"batchnorm": True},
                          options=dict(n_prototypes=10, epsilon=0.05, sinkhorn_iterations=3, freeze_epochs=1))),
+    # Sequences, not images (notebook 11): no MNIST recipe, so no reproduce row and no command-line run.
+    "cpc": Entry(CPC),
 }
 
 for _name, _entry in REGISTRY.items():
