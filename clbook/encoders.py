@@ -344,6 +344,11 @@ class CPCEncoder(nn.Module):
     ``g_ar`` is a one-layer GRU (batch first) that reads ``z_1 .. z_t`` and gives the context
     ``c_t``, which only the past can reach.
 
+    Shapes: ``encode`` maps ``[N, in_channels, T]`` to ``[N, T // frame, D]`` (the last
+    ``T % frame`` samples are dropped), ``context`` maps ``[N, T', D]`` to ``[N, T', C]``, and
+    ``forward`` maps ``[N, in_channels, T]`` to ``[N, C]``, the context at the last frame: one vector
+    per sequence, what :func:`clbook.evaluation.extract_features` and the training loop's kNN see.
+
     Parameters
     ----------
     in_channels : int, default 1
@@ -355,11 +360,6 @@ class CPCEncoder(nn.Module):
         Size C of the contexts ``c_t`` (the GRU's hidden state).
     strides : tuple of int, default (4, 8)
         Downsampling of each convolution; their product is the frame length (32 samples by default).
-
-    Shapes: :meth:`encode` ``[N, in_channels, T] -> [N, T // frame, D]`` (the last ``T % frame``
-    samples are dropped); :meth:`context` ``[N, T', D] -> [N, T', C]``; ``forward``
-    ``[N, in_channels, T] -> [N, C]``, the context at the last frame: one vector per sequence, what
-    :func:`clbook.evaluation.extract_features` and the training loop's kNN see.
     """
 
     def __init__(self, in_channels: int = 1, hidden: int = 64, latent_dim: int = 32, context_dim: int = 32,
@@ -412,9 +412,12 @@ class CPCPredictor(nn.Module):
     """CPC's prediction maps: one linear map ``W_k`` per step ``k = 1 .. steps``, without bias.
 
     ``W_k c_t`` predicts the latent ``z_{t+k}``; CPC scores a candidate ``z`` by ``z . W_k c_t``
-    (a log-bilinear critic). The K maps are stored as one ``Linear(context_dim, steps *
-    latent_dim)``, whose rows ``(k - 1) D .. k D - 1`` are ``W_k``: one matrix product for all
-    steps. Like a projection head, it is thrown away after pre-training.
+    (a log-bilinear critic). The K maps are stored as one linear layer from ``context_dim`` to
+    ``steps * latent_dim`` outputs, whose rows ``(k - 1) D`` to ``k D - 1`` are ``W_k``: one matrix
+    product for all steps. Like a projection head, it is thrown away after pre-training.
+
+    Shapes: input ``[..., context_dim]``, output ``[..., steps, latent_dim]``; contexts ``[N, T, C]``
+    give the predictions ``[N, T, K, D]`` that :func:`clbook.losses.cpc_loss` takes.
 
     Parameters
     ----------
@@ -422,9 +425,6 @@ class CPCPredictor(nn.Module):
     latent_dim : int, default 32
     steps : int, default 4
         K, the farthest step predicted.
-
-    Shapes: input ``[..., context_dim]``, output ``[..., steps, latent_dim]`` (``[N, T, C]`` gives
-    the ``[N, T, K, D]`` that :func:`clbook.losses.cpc_loss` takes).
     """
 
     def __init__(self, context_dim: int = 32, latent_dim: int = 32, steps: int = 4) -> None:
