@@ -10,8 +10,9 @@ from torch import nn
 from clbook.data import Split, load_shipped_mnist
 from clbook.encoders import ENCODERS, NotesCNN, NotesMLP, make_encoder
 from clbook.evaluation import evaluate_frozen
-from clbook.notes import (NOTES_LOSS, NOTES_MNIST, HeadTrace, notes_linear_head, notes_mnist_inputs, notes_pretrain,
-                          notes_pretrain_history, notes_pretrain_many, run_notes_mnist)
+from clbook.notes import (NOTES_LOSS, NOTES_MNIST, HeadTrace, notes_linear_head, notes_linear_head_many,
+                          notes_mnist_inputs, notes_pretrain, notes_pretrain_history, notes_pretrain_many,
+                          run_notes_mnist)
 from clbook.reference import supcontrast_loss
 
 
@@ -277,3 +278,38 @@ def test_run_notes_mnist_checks_arguments(small_mnist):
         run_notes_mnist(small_mnist, epochs=0)
     with pytest.raises(ValueError, match="base_temperature"):
         run_notes_mnist(small_mnist, epochs=1, base_temperature=-1.0, device="cpu")
+
+
+# ----------------------------------------------------------------------------- batched heads, divergence
+
+
+def test_notes_linear_head_many_equals_separate_heads():
+    runs = [blobs(n=45, d=6, seed=s) for s in range(3)]
+    X, y = torch.stack([r[0] for r in runs]), torch.stack([r[1] for r in runs])
+    X_test, y_test = X[:, :20] + 0.3, y[:, :20]
+    many = notes_linear_head_many(X, y, {"test": (X_test, y_test)}, seeds=[4, 5, 6], epochs=5, batch_size=16,
+                                  lr=0.1, score_every=2)
+    for s in range(3):
+        alone = notes_linear_head(X[s], y[s], {"test": (X_test[s], y_test[s])}, epochs=5, batch_size=16, lr=0.1,
+                                  score_every=2, seed=4 + s)
+        assert many[s].steps == alone.steps == [2, 4, 6, 8, 10, 12, 14, 15]
+        assert np.allclose(many[s].acc["test"], alone.acc["test"])
+        assert torch.allclose(many[s].head.weight, alone.head.weight, atol=1e-5)
+        assert torch.allclose(many[s].head.bias, alone.head.bias, atol=1e-5)
+
+
+def test_notes_linear_head_many_checks_arguments():
+    X, y = blobs(n=20)
+    with pytest.raises(ValueError, match="train_feats"):
+        notes_linear_head_many(X, y, {}, seeds=[0])
+    with pytest.raises(ValueError, match="one seed per head"):
+        notes_linear_head_many(X[None], y[None], {}, seeds=[0, 1])
+    with pytest.raises(ValueError, match="score"):
+        notes_linear_head_many(X[None], y[None], {"t": (X, y)}, seeds=[0])
+
+
+def test_a_diverging_run_is_a_floating_point_error_naming_the_epoch():
+    # The notes' loss at tau = 10 and lr 1 on Iris-sized blobs: nothing holds the feature length back.
+    X, y = blobs(n=60, d=4, spread=1.0)
+    with pytest.raises(FloatingPointError, match="in epoch [0-9]+.*lower lr"):
+        notes_pretrain(make_encoder("notes-mlp", seed=0), X, y, epochs=200, batch_size=16, lr=1.0, temperature=10.0)

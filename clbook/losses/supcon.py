@@ -120,10 +120,11 @@ def supcon_loss(
     the diagonal out. On unnormalized features the diagonal is usually the row's largest logit by
     far; once features are long enough that :math:`(\lVert f_i \rVert^2 - f_i \cdot f_j)/\tau`
     exceeds about 104 for every j (where float32's ``exp`` underflows), every remaining term is 0,
-    the denominator is 0, ``log(0) = -inf``, and the masked sum turns ``inf * 0`` into NaN. This function takes the log-sum-exp over
-    :math:`a \ne i` only (the diagonal set to :math:`-\infty` first), which stays finite;
-    notebook 02 (section 5, underflow and the diagonal) explains why. Wherever the notes' code is
-    finite, the two agree in value and gradient (``tests/test_notes_loss.py``).
+    the denominator is 0, ``log(0) = -inf``, and the masked sum turns ``inf * 0`` into NaN. This
+    function takes the log-sum-exp over :math:`a \ne i` only (the diagonal set to :math:`-\infty`
+    first), which stays finite; notebook 02 (section 5, underflow and the diagonal) explains why.
+    Wherever the notes' code is finite, the two agree in value and gradient
+    (``tests/test_notes_loss.py``).
     """
     _check_embeddings("features", features, rank=(2, 3))
     temperature = _check_positive("temperature", temperature)
