@@ -33,7 +33,8 @@ from torch import Tensor, nn
 from clbook.checks import check_images, check_int, check_real
 from clbook.data import Split
 from clbook.encoders import make_encoder
-from clbook.evaluation import evaluate_frozen, extract_features
+from clbook.evaluation import evaluate_few_labels, evaluate_frozen, extract_features
+from clbook.metrics import feature_metrics
 from clbook.losses import supcon_loss
 from clbook.runtime import progress_bar, resolve_device, single_thread
 
@@ -588,6 +589,7 @@ def run_notes_mnist(
     base_temperature: float | None = 1.0,
     batch_size: int = NOTES_MNIST["batch_size"],
     lr: float = NOTES_MNIST["lr"],
+    few_labels: bool = False,
 ) -> dict:
     """The notes' MNIST experiment: their CNN, their loss, their head, and the course's probe beside it.
 
@@ -617,13 +619,17 @@ def run_notes_mnist(
     temperature, normalize, base_temperature, batch_size, lr
         The pre-training; the defaults are the notes'. ``normalize=True, base_temperature=None``
         is the course's cosine SupCon.
+    few_labels : bool, default False
+        Also the few-label evaluation of both encoders (:func:`clbook.evaluation.evaluate_few_labels`).
 
     Returns
     -------
     dict
         ``"supcon"`` and ``"random"``: each a dict with ``notes_head_acc`` (the notes' head, final
         step), ``linear_acc`` and ``knn_acc`` (the course's probe and kNN), ``feature_norm`` (mean
-        L2 norm of its training features) and ``head_epochs``. Then, for the pre-training:
+        L2 norm of its training features), ``head_epochs``, the held-out features' ``std``,
+        ``uniformity`` and ``effective_rank`` (:func:`clbook.metrics.feature_metrics`) and ``few``
+        (empty unless ``few_labels``). Then, for the pre-training:
         ``loss`` and ``feature_norm`` (one per epoch, :class:`NotesHistory`), ``steps``,
         ``samples``, ``seconds``, ``seconds_per_epoch``, and ``settings`` (everything above) and
         ``data`` (the split's source).
@@ -647,7 +653,9 @@ def run_notes_mnist(
         course = evaluate_frozen(f_train, split.y_train, f_test, split.y_test, seed=seed, device=dev)
         out[name] = {"notes_head_acc": head.final("test"), "linear_acc": course["linear_acc"],
                      "knn_acc": course["knn_acc"], "feature_norm": f_train.norm(dim=1).mean().item(),
-                     "head_epochs": head_epochs}
+                     "head_epochs": head_epochs, **feature_metrics(f_test),
+                     "few": evaluate_few_labels(f_train, split.y_train, f_test, split.y_test, seed=seed, device=dev)
+                     if few_labels else {}}
     encoder.cpu()
     out.update(
         loss=history.loss, feature_norm=history.feature_norm, steps=history.steps, samples=history.samples,
