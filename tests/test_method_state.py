@@ -3,6 +3,7 @@
 * every parameter of every momentum network (MoCo's key encoder and key head, BYOL's target
   encoder and target head) follows the EMA after a real training step;
 * BYOL's momentum follows the paper's cosine schedule at interior steps;
+* SimSiam's gradient is that of the paper's loss, with and without the stop-gradient;
 * ``pretrain`` hands back the weights of the epoch that validation chose, not the last ones.
 """
 
@@ -13,11 +14,12 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from clbook.encoders import ProjectionHead, make_encoder
 from clbook.losses import supcon_loss
-from clbook.methods import BYOL, Method, MoCo
+from clbook.methods import BYOL, Method, MoCo, SimSiam
 from clbook.training import extract_features, knn_accuracy, pretrain, train_step
 
 
@@ -182,3 +184,26 @@ def test_pretrain_without_validation_keeps_the_last_weights():
                  lr=0.02, on_epoch_end=lambda enc, e: states.__setitem__(e, snapshot(enc)) or {}, progress=False)
     assert h.best_epoch == 3 and h.val_acc == []
     assert all(torch.equal(v, states[3][k]) for k, v in encoder.state_dict().items())
+
+
+@pytest.mark.parametrize("stop_gradient", [True, False])
+def test_simsiam_gradient_is_the_papers_with_and_without_stop_gradient(stop_gradient):
+    """Chen and He (2021), Algorithm 1: L = D(p1, z2) / 2 + D(p2, z1) / 2, D(p, z) = -cos(p, stopgrad(z))."""
+    X, _ = blobs(n=32)
+    x1, x2 = noise(X, torch.Generator().manual_seed(1)), noise(X, torch.Generator().manual_seed(2))
+    encoder, head = make_encoder("mlp", in_dim=8, seed=0), ProjectionHead(16, 16, 8, batchnorm=True)
+    method = SimSiam(pred_hidden=4, stop_gradient=stop_gradient)
+    torch.manual_seed(0)
+    method.setup(encoder, head)
+    params = [*encoder.parameters(), *head.parameters(), *method.predictor.parameters()]
+    ours = torch.autograd.grad(method.loss(encoder, head, [x1, x2], None, torch.arange(32)), params)
+
+    def target(z):
+        return z.detach() if stop_gradient else z
+
+    z = head(encoder(torch.cat([x1, x2])))  # one batch of both views, as the method computes it
+    p = method.predictor(z)
+    z1, z2, p1, p2 = z[:32], z[32:], p[:32], p[32:]
+    paper = -0.5 * (F.cosine_similarity(p1, target(z2)).mean() + F.cosine_similarity(p2, target(z1)).mean())
+    for a, b in zip(ours, torch.autograd.grad(paper, params)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
