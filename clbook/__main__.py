@@ -9,8 +9,9 @@ file is replaced only with ``--overwrite``), and the JSON is strict: a value tha
 number is written as ``null``.
 
 ``pretrain --method NAME [...]`` pre-trains the course's CNN with any method of the registry
-(:data:`clbook.methods.REGISTRY`) on MNIST or a folder of images, on one process or under ``torchrun --nproc_per_node=K -m clbook pretrain ...``, with a
-checkpoint to resume from and a final linear probe (see :mod:`clbook.launch`).
+(:data:`clbook.methods.REGISTRY`) on MNIST or a folder of images, on one process or under
+``torchrun --nproc_per_node=K -m clbook pretrain ...``, with a checkpoint to resume from and a final
+linear probe (see :mod:`clbook.launch`).
 
 ``student-edition OUTDIR [NOTEBOOK ...]`` writes the notebooks with every solution replaced by a stub.
 """
@@ -46,24 +47,87 @@ def _strict(value):
     return value if not isinstance(value, float) or math.isfinite(value) else None
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clbook", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    rep = sub.add_parser("reproduce", help="run the experiments and print the results table")
+# The help, in plain words (the module docstring above, in reStructuredText, is for readers of the code).
+DESCRIPTION = ("The course's command line: run its experiments and print the results table (reproduce), "
+               "pre-train an encoder with any method of the course, on one process or several under "
+               "torchrun (pretrain), or write the notebooks with every solution replaced by a stub, for "
+               "learners (student-edition).")
+EPILOG = "Run python -m clbook COMMAND --help for the options of a command and their defaults."
+COMMANDS = {
+    "reproduce": "run the experiments of notebooks 04, 05, 07, 08 and 09 and print the results table",
+    "pretrain": "pre-train the course's CNN with one method (one process, or several under torchrun)",
+    "student-edition": "write the notebooks with every solution replaced by a stub",
+}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's formatter that appends "(default: ...)" to a help line, except where it would be noise.
+
+    Left as they are: flags (``store_true``, whose default is off), options without a default
+    value (their help says in words what happens without them, "default: every notebook"), and
+    help lines that already state their default.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        no_value = action.default is None or action.default is False or action.default == []  # not 0
+        if no_value or action.default is argparse.SUPPRESS or "(default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def shadowing_folder() -> str | None:
+    """The folder that hides the clbook package from Python, or None when ``clbook`` is the package.
+
+    From the folder that holds a clone named ``clbook`` (git's default name), Python takes the clone
+    itself, a folder without ``__init__.py``, for a namespace package called ``clbook``; with an
+    editable install, ``python -m clbook`` still finds this file, but ``clbook.data`` is then the
+    clone's ``data/`` folder and the imports fail with an ImportError of "unknown location".
+    """
+    package = sys.modules.get("clbook")
+    if package is None or getattr(package, "__file__", None) is not None:
+        return None
+    return next(iter(getattr(package, "__path__", [])), None)  # a namespace package has no __file__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m clbook`` and its three commands."""
+    from clbook.launch import add_arguments
+
+    parser = argparse.ArgumentParser(prog="python -m clbook", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=HelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str) -> argparse.ArgumentParser:
+        text = COMMANDS[name]
+        return sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".",
+                              formatter_class=HelpFormatter)
+
+    rep = command("reproduce")
     rep.add_argument("--quick", action="store_true", help="few epochs: a smoke test of about a minute")
-    rep.add_argument("--json", metavar="FILE", help="also write the rows to FILE as JSON")
+    rep.add_argument("--json", metavar="FILE", help="also write the rows to FILE as JSON (default: no file)")
     rep.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
     rep.add_argument("--progress", action="store_true", help="show progress bars while training")
-    rep.add_argument("--data", metavar="DIR", help="data directory (default: CLBOOK_DATA or <repo>/data)")
+    rep.add_argument("--data", metavar="DIR", help="data folder (default: $CLBOOK_DATA, else the clone's data/)")
     rep.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps")
-    stu = sub.add_parser("student-edition", help="write the notebooks with every solution replaced by a stub")
-    stu.add_argument("outdir", help="folder for the student notebooks (created if needed)")
-    stu.add_argument("notebooks", nargs="*", help="notebooks to convert (default: every notebook of the course)")
-    from clbook.launch import add_arguments, check_arguments, run_pretrain
+    add_arguments(command("pretrain"))
+    stu = command("student-edition")
+    stu.add_argument("outdir", metavar="OUTDIR", help="folder for the student notebooks (created if needed)")
+    stu.add_argument("notebooks", metavar="NOTEBOOK", nargs="*",
+                     help="notebooks to convert (default: every notebook of the course)")
+    return parser
 
-    add_arguments(sub.add_parser("pretrain", help="pre-train an encoder (one process, or several under torchrun)"))
+
+def main(argv: list[str] | None = None) -> int:
+    folder = shadowing_folder()
+    if folder is not None:  # before any import from clbook, which would fail with a puzzling ImportError
+        return _error("", f"the folder {folder} hides the clbook package (it has the same name); run the "
+                      f"command from inside the clone (cd {folder}) or from any other folder")
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "pretrain":
+        from clbook.launch import check_arguments, run_pretrain
+
         try:
             check_arguments(args, int(os.environ.get("WORLD_SIZE", "1")))  # before any work
             run_pretrain(args)
@@ -96,19 +160,20 @@ def main(argv: list[str] | None = None) -> int:
     results = reproduce(quick=args.quick, progress=args.progress, split=split, device=args.device)
     print()
     print(format_table(results))
-    print(f"\nTotal: {time.perf_counter() - start:.0f} s" + (" (--quick: below the course's targets)" if args.quick else ""))
+    print(f"\nTotal: {time.perf_counter() - start:.0f} s"
+          + (" (--quick: below the course's targets)" if args.quick else ""))
     if args.json:
         rows = [{key: _strict(value) for key, value in r.row().items()} for r in results]
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2, allow_nan=False)
             f.write("\n")
-        print(f"Wrote {len(results)} rows to {args.json}")
+        print(f"Wrote {len(results)} row{'s' * (len(results) != 1)} to {args.json}")
     return 0
 
 
 def _error(command: str, err: Exception | str) -> int:
     """One line on stderr, no traceback, and status 2 (argparse's status for a usage error)."""
-    print(f"python -m clbook {command}: error: {' '.join(str(err).split())}", file=sys.stderr)
+    print(f"{' '.join(['python -m clbook', command]).strip()}: error: {' '.join(str(err).split())}", file=sys.stderr)
     return 2
 
 
@@ -121,9 +186,9 @@ def _student_edition(outdir: str, notebooks: list[str]) -> int:
     try:
         written = student_edition(sources, Path(outdir))
     except (ValueError, OSError) as err:
-        print(f"student-edition: {err}", file=sys.stderr)
-        return 2
-    print(f"Wrote {len(written)} student notebooks to {outdir}")
+        return _error("student-edition", err)
+    n = len(written)
+    print(f"Wrote {n} student notebook{'s' * (n != 1)} to {outdir}")
     return 0
 
 

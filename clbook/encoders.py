@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from clbook.checks import check_images, check_int
+from clbook.checks import check_bool, check_images, check_int
 
 __all__ = [
     "MLPEncoder",
@@ -29,6 +29,7 @@ __all__ = [
     "Prototypes",
     "make_encoder",
     "ENCODERS",
+    "PixelFeatures",
 ]
 
 
@@ -275,6 +276,37 @@ class Prototypes(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, k={self.k}"
+
+
+class PixelFeatures(nn.Module):
+    """Raw pixels as a representation: the baseline beside the random twin, with nothing to learn.
+
+    Features are the flattened pixels in [0, 1]; with ``standardize=True`` they are standardized
+    with the training digits' per-pixel mean and std (1 where a pixel never changes). The linear
+    probe standardizes its inputs itself (:func:`clbook.evaluation.fit_linear_probe`), so the
+    choice matters for kNN only: standardizing gives the nearly-always-blank border pixels as much
+    weight as the strokes, and on MNIST it costs kNN several points.
+
+    Parameters
+    ----------
+    X_train : Tensor, shape [N, 1, 28, 28]
+        The digits whose statistics define the standardization.
+    standardize : bool, default False
+    """
+
+    def __init__(self, X_train: Tensor, standardize: bool = False) -> None:
+        super().__init__()
+        flat = _images(X_train, "X_train").flatten(1)
+        std = flat.std(dim=0)
+        self.standardize = check_bool("standardize", standardize)
+        self.register_buffer("mean", flat.mean(dim=0) if standardize else torch.zeros(flat.shape[1]))
+        self.register_buffer("std", torch.where(std > 1e-8, std, torch.ones_like(std)) if standardize
+                             else torch.ones(flat.shape[1]))
+        self.out_dim = flat.shape[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, 1, 28, 28] -> [B, 784]``."""
+        return (_images(x, "x").flatten(1) - self.mean) / self.std
 
 
 ENCODERS = {"mlp": MLPEncoder, "cnn": ConvEncoder, "fc": FCEncoder, "notes-mlp": NotesMLP, "notes-cnn": NotesCNN}

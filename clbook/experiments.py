@@ -23,10 +23,11 @@ import torch
 from torch import Tensor, nn
 
 from clbook.data import SIMCLR_AUGMENT, Split, load_iris, load_mnist, train_val_split
-from clbook.encoders import ProjectionHead, make_encoder
+from clbook.encoders import PixelFeatures, ProjectionHead, make_encoder
+from clbook.evaluation import LABELS_PER_CLASS, evaluate_few_labels
 from clbook.losses import nt_xent_loss
 from clbook.methods import REGISTRY, Recipe, SwAV, make_method
-from clbook.metrics import alignment, feature_metrics, uniformity
+from clbook.metrics import alignment, feature_metrics
 from clbook.training import History, evaluate_frozen, extract_features, pretrain, set_seed, single_thread
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "QUICK_EPOCHS",
     "RECIPES",
     "random_encoder",
+    "PROTOCOL",
     "train_iris_encoder",
     "train_mnist_encoder",
     "train_mnist_swav",
@@ -65,7 +67,8 @@ MNIST_SEEDS = {**{key: r.seeds for key, r in RECIPES.items() if len(r.seeds) > 1
                **{(kind, "random"): seeds for kind, seeds in _TWIN_SEEDS.items() if len(seeds) > 1}}
 # The rows of `python -m clbook reproduce` after Iris: per encoder, its methods in registry order,
 # then its random twin; and their epochs with --quick.
-MNIST_ROWS = [key for kind in _KINDS for key in [*(k for k, r in RECIPES.items() if k[0] == kind and r.reproduce),
+PIXELS = ("pixels", "raw")  # the row of raw pixels: no encoder at all
+MNIST_ROWS = [PIXELS] + [key for kind in _KINDS for key in [*(k for k, r in RECIPES.items() if k[0] == kind and r.reproduce),
                                                  (kind, "random")]]
 QUICK_EPOCHS = {key: r.quick_epochs for key, r in RECIPES.items()}
 # Positive pairs for the alignment column: two draws of the strong augmentation of each held-out
@@ -77,6 +80,21 @@ MNIST_VAL_SIZE = 1000  # digits of the training part set aside to choose the epo
 MNIST_MONITOR_REF = 3000  # training digits used as kNN reference while monitoring
 
 
+#: The course's experimental protocol, stated once (notebooks 05, 07-09 and ``reproduce`` print it).
+PROTOCOL = """\
+Protocol (notebooks 05, 07-09 and python -m clbook reproduce):
+- data: MNIST's training part minus 1,000 validation digits for pre-training; the held-out part
+  for every score; the epoch kept is the one with the best validation kNN accuracy;
+- compute: every table states the optimizer steps and the samples seen; comparisons "at equal
+  compute" match the steps (or scale the learning rate with the batch, and say so);
+- baselines: raw pixels and the random twin (same architecture, same seed, untrained) in every
+  table, with the same diagnostics (std, uniformity, effective rank, linear probe, kNN);
+- labels: linear probe and kNN with all labels, and with 1, 10 and 100 labels per class
+  (5 draws of the labelled digits, mean +- std);
+- seeds: 3 or more wherever a conclusion rests on a gap under 3 points: mean +- std and the sign
+  of the gap on each seed."""
+
+
 @dataclass
 class Result:
     """One row of the results table (the JSON written by ``python -m clbook reproduce``).
@@ -84,9 +102,15 @@ class Result:
     ``linear_acc`` and ``knn_acc`` are fractions in [0, 1] on the held-out split; for rows over
     several seeds they are means; ``linear_std``, ``knn_std``, ``n_seeds`` and the per-seed
     lists ``linear_all``, ``knn_all`` (not part of the JSON) say how much they vary.
-    ``alignment`` and ``uniformity`` (:mod:`clbook.metrics`, means over seeds) describe the
-    held-out features; see :func:`evaluate_encoder`. ``alignment`` is None without an
-    augmentation (Iris).
+    ``alignment``, ``uniformity``, ``std`` and ``effective_rank`` (:mod:`clbook.metrics`, means
+    over seeds) describe the held-out features; see :func:`evaluate_encoder`. ``alignment`` is
+    None without an augmentation (Iris). ``steps`` and ``samples`` are the optimizer steps and
+    samples seen in pre-training, per seed (0 for an untrained encoder).
+
+    ``few`` holds the few-label evaluation (:func:`clbook.evaluation.evaluate_few_labels`):
+    labels per class ``n -> {"linear", "linear_std", "knn", "knn_std"}``. With one seed the std
+    is over the draws of labelled digits; with several it is over the seeds (of each seed's mean
+    over its draws), and ``few_all`` keeps the per-seed means, ``n -> {"linear": [...], "knn": [...]}``.
     """
 
     dataset: str
@@ -103,12 +127,30 @@ class Result:
     knn_all: list[float] = field(default_factory=list)
     alignment: float | None = None
     uniformity: float | None = None
+    std: float | None = None
+    effective_rank: float | None = None
+    steps: int = 0
+    samples: int = 0
+    few: dict = field(default_factory=dict)
+    few_all: dict = field(default_factory=dict)
 
     def row(self) -> dict:
-        """The JSON row: dataset, encoder, method, linear_acc, knn_acc, alignment, uniformity, seconds, data."""
+        """The JSON row.
+
+        Keys: dataset, encoder, method, linear_acc, linear_std, knn_acc, knn_std, n_seeds,
+        alignment, uniformity, std, effective_rank, steps, samples, seconds, data, and for every
+        size ``n`` of the few-label evaluation ``linear_{n}``, ``linear_{n}_std``, ``knn_{n}``,
+        ``knn_{n}_std`` (fractions).
+        """
         d = asdict(self)
-        return {k: d[k] for k in ("dataset", "encoder", "method", "linear_acc", "knn_acc", "alignment",
-                                  "uniformity", "seconds", "data")}
+        out = {k: d[k] for k in ("dataset", "encoder", "method", "linear_acc", "linear_std", "knn_acc", "knn_std",
+                                 "n_seeds", "alignment", "uniformity", "std", "effective_rank", "steps", "samples",
+                                 "seconds", "data")}
+        for n, scores in sorted(self.few.items()):
+            for key in ("linear", "linear_std", "knn", "knn_std"):
+                name = key.replace("linear", f"linear_{n}").replace("knn", f"knn_{n}")
+                out[name] = scores[key]
+        return out
 
 
 def random_encoder(kind: str, seed: int = 0) -> nn.Module:
@@ -281,33 +323,51 @@ def collapse_monitor(X: Tensor, augment=ALIGNMENT_AUGMENT, seed: int = 0, temper
     return on_epoch_end
 
 
-def evaluate_encoder(encoder: nn.Module, split: Split, seed: int = 0, augment=None, device="auto") -> dict:
-    """Linear probe and kNN of a frozen encoder on ``split`` (see :func:`evaluate_frozen`).
+def evaluate_encoder(encoder: nn.Module, split: Split, seed: int = 0, augment=None, device="auto",
+                     few_labels: bool = True) -> dict:
+    """Linear probe and kNN of a frozen encoder on ``split`` (see :func:`evaluate_frozen`), and diagnostics.
 
-    Adds ``"uniformity"`` of the held-out features (:func:`clbook.metrics.uniformity`) and, if an
-    ``augment`` is given, ``"alignment"`` of the features of two augmented views of every
-    held-out digit (drawn from the fixed ``ALIGNMENT_SEED``, the same for every encoder);
-    otherwise ``"alignment"`` is None. ``device`` is where features, probe and kNN are computed
-    (``"auto"``: CUDA, then MPS, then the CPU).
+    Adds ``"uniformity"``, ``"std"`` and ``"effective_rank"`` of the held-out features
+    (:func:`clbook.metrics.feature_metrics`) and, if an ``augment`` is given, ``"alignment"`` of
+    the features of two augmented views of every held-out digit (drawn from the fixed
+    ``ALIGNMENT_SEED``, the same for every encoder); otherwise ``"alignment"`` is None. With
+    ``few_labels``, ``"few"`` is the few-label evaluation
+    (:func:`clbook.evaluation.evaluate_few_labels`, 1, 10 and 100 labels per class, 5 draws).
+    ``device`` is where features, probe and kNN are computed (``"auto"``: CUDA, then MPS, then the CPU).
     """
+    train_feats = extract_features(encoder, split.X_train, device=device)
     test_feats = extract_features(encoder, split.X_test, device=device)
-    scores = evaluate_frozen(extract_features(encoder, split.X_train, device=device), split.y_train,
-                             test_feats, split.y_test, seed=seed, device=device)
-    scores["uniformity"] = uniformity(test_feats)
+    scores = evaluate_frozen(train_feats, split.y_train, test_feats, split.y_test, seed=seed, device=device)
+    scores.update(feature_metrics(test_feats))
     scores["alignment"] = None
     if augment is not None:
         gen = torch.Generator().manual_seed(ALIGNMENT_SEED)
         v1, v2 = augment(split.X_test, gen), augment(split.X_test, gen)
         scores["alignment"] = alignment(extract_features(encoder, v1, device=device),
                                         extract_features(encoder, v2, device=device))
+    scores["few"] = (evaluate_few_labels(train_feats, split.y_train, test_feats, split.y_test, seed=seed,
+                                         device=device) if few_labels else {})
     return scores
+
+
+def _result(dataset: str, kind: str, method: str, scores: dict, seconds: float, data: str,
+            history: History | None) -> Result:
+    """One seed's row from :func:`evaluate_encoder`'s scores."""
+    few = {n: {k: v[k] for k in ("linear", "linear_std", "knn", "knn_std")} for n, v in scores["few"].items()}
+    return Result(dataset, kind, method, scores["linear_acc"], scores["knn_acc"], seconds, data,
+                  linear_all=[scores["linear_acc"]], knn_all=[scores["knn_acc"]], alignment=scores["alignment"],
+                  uniformity=scores["uniformity"], std=scores["std"], effective_rank=scores["effective_rank"],
+                  steps=history.steps if history else 0, samples=history.samples if history else 0,
+                  few=few, few_all={n: {"linear": [v["linear"]], "knn": [v["knn"]]} for n, v in few.items()})
 
 
 def combine_seeds(runs: list[Result]) -> Result:
     """One row from single-seed runs of the same experiment.
 
     Accuracies become means over the runs with their standard deviations (``np.std``, the spread
-    of these runs), ``seconds`` the total, and ``linear_all`` / ``knn_all`` keep every run.
+    of these runs), ``seconds`` the total, and ``linear_all`` / ``knn_all`` keep every run. The
+    few-label scores become means over the runs of each run's mean over its draws; with more
+    than one run their std is the spread over the runs, and ``few_all`` keeps every run's mean.
     """
     if not runs:
         raise ValueError("no runs to combine")
@@ -324,9 +384,17 @@ def combine_seeds(runs: list[Result]) -> Result:
             return None
         return float(sum(v * w for v, w in values) / sum(w for _, w in values))
 
+    if len(runs) == 1:
+        few, few_all = copy.deepcopy(first.few), copy.deepcopy(first.few_all)
+    else:
+        sizes = set.intersection(*(set(r.few_all) for r in runs))
+        few_all = {n: {m: [x for r in runs for x in r.few_all[n][m]] for m in ("linear", "knn")} for n in sorted(sizes)}
+        few = {n: {"linear": float(np.mean(v["linear"])), "linear_std": float(np.std(v["linear"])),
+                   "knn": float(np.mean(v["knn"])), "knn_std": float(np.std(v["knn"]))} for n, v in few_all.items()}
     return Result(first.dataset, first.encoder, first.method, float(np.mean(lin)), float(np.mean(knn)),
                   float(sum(r.seconds for r in runs)), first.data, float(np.std(lin)), float(np.std(knn)), len(lin),
-                  lin, knn, mean_of("alignment"), mean_of("uniformity"))
+                  lin, knn, mean_of("alignment"), mean_of("uniformity"), mean_of("std"), mean_of("effective_rank"),
+                  first.steps, first.samples, few, few_all)
 
 
 def run_iris(method: str = "supcon", seeds=(0, 1, 2, 3, 4), progress: bool = False, device="auto") -> Result:
@@ -342,13 +410,13 @@ def run_iris(method: str = "supcon", seeds=(0, 1, 2, 3, 4), progress: bool = Fal
     for seed in seeds:
         start = time.perf_counter()
         split = load_iris(seed=seed)
+        history = None
         if method == "supcon":
-            encoder, _ = train_iris_encoder(split, seed=seed, progress=progress, device=device)
+            encoder, history = train_iris_encoder(split, seed=seed, progress=progress, device=device)
         else:
             encoder = random_encoder("mlp", seed=seed)
         scores = evaluate_encoder(encoder, split, seed=seed, device=device)
-        runs.append(Result("iris", "mlp", method, scores["linear_acc"], scores["knn_acc"],
-                           time.perf_counter() - start, "iris-sklearn", uniformity=scores["uniformity"]))
+        runs.append(_result("iris", "mlp", method, scores, time.perf_counter() - start, "iris-sklearn", history))
     return combine_seeds(runs)
 
 
@@ -357,25 +425,28 @@ def run_mnist(
 ) -> tuple[Result, nn.Module, History | None]:
     """Train (or build, for ``method="random"``) one MNIST encoder and evaluate it.
 
+    ``run_mnist("pixels", "raw", split)`` evaluates raw pixels, standardized with the training
+    digits' statistics (:class:`clbook.encoders.PixelFeatures`), the same way.
+
     Returns
     -------
     result : Result
     encoder : nn.Module
     history : History or None
-        None for a random encoder.
+        None for a random encoder and for pixels.
     """
-    _check_method(method)
     start = time.perf_counter()
-    if method == "random":
-        encoder, history = random_encoder(kind, seed=seed), None
+    if (kind, method) == PIXELS:
+        encoder, history = PixelFeatures(split.X_train), None
     else:
-        encoder, history = train_mnist_encoder(kind, method, split, seed=seed, progress=progress, device=device,
-                                               **overrides)
+        _check_method(method)
+        if method == "random":
+            encoder, history = random_encoder(kind, seed=seed), None
+        else:
+            encoder, history = train_mnist_encoder(kind, method, split, seed=seed, progress=progress, device=device,
+                                                   **overrides)
     scores = evaluate_encoder(encoder, split, seed=seed, augment=ALIGNMENT_AUGMENT, device=device)
-    result = Result("mnist", kind, method, scores["linear_acc"], scores["knn_acc"],
-                    time.perf_counter() - start, split.source,
-                    linear_all=[scores["linear_acc"]], knn_all=[scores["knn_acc"]],
-                    alignment=scores["alignment"], uniformity=scores["uniformity"])
+    result = _result("mnist", kind, method, scores, time.perf_counter() - start, split.source, history)
     return result, encoder, history
 
 
@@ -398,7 +469,7 @@ def reproduce(quick: bool = False, progress: bool = False, split: Split | None =
                run_iris("random", iris_seeds, device=device)]
     split = split if split is not None else load_mnist()
     for kind, method in MNIST_ROWS:
-        overrides = {"epochs": QUICK_EPOCHS[(kind, method)]} if quick and method != "random" else {}
+        overrides = {"epochs": QUICK_EPOCHS[(kind, method)]} if quick and (kind, method) in QUICK_EPOCHS else {}
         seeds = (0,) if quick else MNIST_SEEDS.get((kind, method), (0,))
         runs = [run_mnist(kind, method, split, seed=seed, progress=progress, device=device, **overrides)[0]
                 for seed in seeds]
@@ -407,23 +478,38 @@ def reproduce(quick: bool = False, progress: bool = False, split: Split | None =
 
 
 def format_table(results: list[Result]) -> str:
-    """Results as a fixed-width text table.
+    """Results as two fixed-width text tables: every label, then few labels.
 
-    Accuracies in percent (mean +- std over seeds); ``align`` and ``unif`` are the alignment and
-    uniformity of the held-out features (lower is better for both; ``-`` when not measured).
+    The first has accuracies in percent (mean +- std over seeds), the held-out features'
+    diagnostics (``align`` and ``unif``, alignment and uniformity: lower means more aligned or
+    more uniform; ``std`` and ``erank``, the features' std and effective rank; ``-`` when not
+    measured), and the pre-training's optimizer ``steps`` and ``samples`` seen per seed. The
+    second has the linear probe and kNN with 1, 10 and 100 labels per class.
     """
 
-    def pct(mean: float, std: float, n: int) -> str:
+    def pct(mean: float, std: float, n: int = 2) -> str:
         return f"{100 * mean:5.1f} +- {100 * std:3.1f}" if n > 1 else f"{100 * mean:5.1f}"
 
-    def num(value: float | None) -> str:
-        return "-" if value is None else f"{value:.2f}"
+    def num(value: float | None, fmt: str = ".2f") -> str:
+        return "-" if value is None else format(value, fmt)
 
-    lines = [f"{'dataset':8} {'encoder':7} {'method':7} {'linear %':>12} {'kNN %':>12} {'align':>6} {'unif':>6} "
-             f"{'seeds':>5} {'seconds':>8}  data",
-             "-" * 98]
+    head = f"{'dataset':8} {'encoder':7} {'method':11}"
+    lines = [f"{head} {'linear %':>12} {'kNN %':>12} {'align':>6} {'unif':>6} {'std':>6} {'erank':>6} "
+             f"{'seeds':>5} {'steps':>6} {'samples':>8} {'seconds':>8}  data"]
+    lines.append("-" * len(lines[0]) + "-" * 10)
     for r in results:
-        lines.append(f"{r.dataset:8} {r.encoder:7} {r.method:7} {pct(r.linear_acc, r.linear_std, r.n_seeds):>12} "
+        lines.append(f"{r.dataset:8} {r.encoder:7} {r.method:11} {pct(r.linear_acc, r.linear_std, r.n_seeds):>12} "
                      f"{pct(r.knn_acc, r.knn_std, r.n_seeds):>12} {num(r.alignment):>6} {num(r.uniformity):>6} "
-                     f"{r.n_seeds:>5} {r.seconds:8.1f}  {r.data}")
+                     f"{num(r.std, '.3f'):>6} {num(r.effective_rank, '.1f'):>6} {r.n_seeds:>5} {r.steps:>6} "
+                     f"{r.samples:>8} {r.seconds:8.1f}  {r.data}")
+    sizes = sorted({n for r in results for n in r.few})
+    if sizes:
+        lines += ["", "Few labels: accuracy % with n labelled digits per class (mean +- std; see Result.few)",
+                  f"{head} " + " ".join(f"{f'linear@{n}':>12}" for n in sizes) + " "
+                  + " ".join(f"{f'kNN@{n}':>12}" for n in sizes)]
+        lines.append("-" * len(lines[-1]))
+        for r in results:
+            cells = [pct(r.few[n]["linear"], r.few[n]["linear_std"]) if n in r.few else "-" for n in sizes]
+            cells += [pct(r.few[n]["knn"], r.few[n]["knn_std"]) if n in r.few else "-" for n in sizes]
+            lines.append(f"{r.dataset:8} {r.encoder:7} {r.method:11} " + " ".join(f"{c:>12}" for c in cells))
     return "\n".join(lines)

@@ -51,6 +51,11 @@ from clbook.training import check_method_data, train_step
 __all__ = ["load_image_folder", "setup_distributed", "check_arguments", "run_pretrain", "add_arguments"]
 
 
+def _count(n: int, word: str, plural: str | None = None) -> str:
+    """``"1 image"``, ``"3 images"``: a count and its noun in the right number (``plural`` if not word + "s")."""
+    return f"{n} {word if n == 1 else plural or word + 's'}"
+
+
 def load_image_folder(root: str | os.PathLike, test_size: float = 0.2, seed: int = 0) -> Split:
     """Images in ``root/<class>/*`` as 28 x 28 grayscale tensors, divided into train and held-out parts.
 
@@ -70,7 +75,7 @@ def load_image_folder(root: str | os.PathLike, test_size: float = 0.2, seed: int
     except (FileNotFoundError, RuntimeError) as err:  # no class folders, or no images in them
         raise ValueError(f"image folder {str(root)!r}: {' '.join(str(err).split())}") from None
     if len(folder) < 4:
-        raise ValueError(f"image folder {str(root)!r} has {len(folder)} images; need at least 4")
+        raise ValueError(f"image folder {str(root)!r} has {_count(len(folder), 'image')}; need at least 4")
     X = torch.stack([folder[i][0] for i in range(len(folder))])  # [N, 1, 28, 28]
     y = torch.tensor(folder.targets)
     X_tr, y_tr, X_te, y_te = train_val_split(X, y, val_size=test_size, seed=seed)
@@ -184,7 +189,8 @@ def _resume(checkpoint: Path, args: argparse.Namespace, rank: int, device: torch
     if state["method"] != args.method:
         raise ValueError(f"checkpoint {str(checkpoint)!r} was trained with {state['method']!r}, not {args.method!r}")
     if state["epoch"] >= args.epochs:  # never report a run that trained nothing
-        raise ValueError(f"--epochs {args.epochs}: the checkpoint has already trained {state['epoch']} epochs; "
+        raise ValueError(f"--epochs {args.epochs}: the checkpoint has already trained "
+                         f"{_count(state['epoch'], 'epoch')}; "
                          "ask for more to resume")
     for part, key in zip(parts, _STATE_KEYS):
         part.load_state_dict(state[key])
@@ -216,8 +222,8 @@ def _final_probe(encoder, X: Tensor, y: Tensor, split: Split, seed: int, device:
     """Linear probe and kNN on frozen features of the held-out part, as in the notebooks."""
     train_f, test_f = extract_features(encoder, X), extract_features(encoder, split.X_test)
     probe = evaluate_frozen(train_f, y, test_f, split.y_test, seed=seed, device=device)
-    print(f"linear probe {probe['linear_acc']:.1%}, kNN {probe['knn_acc']:.1%} on {len(split.y_test)} "
-          f"held-out images ({seconds:.0f} s of training)")
+    print(f"linear probe {probe['linear_acc']:.1%}, kNN {probe['knn_acc']:.1%} on "
+          f"{_count(len(split.y_test), 'held-out image')} ({seconds:.0f} s of training)")
     return {"linear_acc": probe["linear_acc"], "knn_acc": probe["knn_acc"]}
 
 
@@ -238,8 +244,8 @@ def run_pretrain(args: argparse.Namespace) -> dict:
         split = data.load_mnist(root=args.data, download=not args.offline, verbose=main)
     X, y = split.X_train[: args.limit], split.y_train[: args.limit]
     if len(X) < args.batch_size * world:
-        raise ValueError(f"{len(X)} training images are fewer than one global batch "
-                         f"({world} processes x --batch-size {args.batch_size})")
+        raise ValueError(f"{_count(len(X), 'training image')} {'is' if len(X) == 1 else 'are'} fewer than one "
+                         f"global batch ({_count(world, 'process', 'processes')} x --batch-size {args.batch_size})")
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     encoder, head = make_encoder("cnn"), ProjectionHead(128, 128, 64, **head_options)
@@ -263,9 +269,10 @@ def run_pretrain(args: argparse.Namespace) -> dict:
     if args.resume:
         start_epoch, losses = _resume(checkpoint, args, rank, device, [encoder, head, method, opt, sched], gen)
     if main:
-        print(f"pretrain {args.method}: {len(X)} images ({split.source}), {world} "
-              f"{'process' if world == 1 else 'processes'} on {device}, batch {args.batch_size} per process = "
-              f"{args.batch_size * world} in all, {steps_per_epoch} steps per epoch, temperature {temperature}")
+        print(f"pretrain {args.method}: {_count(len(X), 'image')} ({split.source}), "
+              f"{_count(world, 'process', 'processes')} on {device}, batch {args.batch_size} per process = "
+              f"{args.batch_size * world} in all, {_count(steps_per_epoch, 'step')} per epoch"
+              + (f", temperature {temperature}" if temperature is not None else ""))  # SimSiam and BYOL have none
 
     started = time.perf_counter()
     for epoch in range(start_epoch, args.epochs + 1):
@@ -299,29 +306,55 @@ def run_pretrain(args: argparse.Namespace) -> dict:
     return summary
 
 
+def _recipe_values(option: str) -> str:
+    """``"moco 0.99, byol 0.99"``: the value of ``option`` in each registered method's MNIST recipe that sets it."""
+    if option == "temperature":
+        values = {name: entry.recipes[0].temperature for name, entry in REGISTRY.items()}
+    else:
+        values = {name: entry.recipes[0].options.get(option) for name, entry in REGISTRY.items()}
+    return ", ".join(f"{name} {value}" for name, value in values.items() if value is not None)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``python -m clbook pretrain``."""
+    """The options of ``python -m clbook pretrain``.
+
+    Every help line states the default: written into the text where there is no single value
+    (``--temperature``: each method's recipe), appended by the command's formatter
+    (``argparse.ArgumentDefaultsHelpFormatter``) where there is one.
+    """
     parser.add_argument("--method", choices=list(REGISTRY), default="simclr",
-                        help="a method of clbook.methods.REGISTRY; its MNIST recipe gives the defaults")
-    parser.add_argument("--images", metavar="DIR", help="a folder of images, one subfolder per class (default: MNIST)")
-    parser.add_argument("--data", metavar="DIR", help="MNIST data directory (default: CLBOOK_DATA or <repo>/data)")
+                        help="the pre-training method; its MNIST recipe (clbook.methods.REGISTRY) sets the "
+                             "temperature and options")
+    parser.add_argument("--images", metavar="DIR",
+                        help="a folder of images, one subfolder per class (default: MNIST instead)")
+    parser.add_argument("--data", metavar="DIR",
+                        help="MNIST data folder (default: $CLBOOK_DATA, else the clone's data/)")
     parser.add_argument("--offline", action="store_true",
                         help="skip the official MNIST (no download attempt): use the split shipped in data/mnist_t10k")
-    parser.add_argument("--limit", type=int, help="use only the first LIMIT training images (a quick run)")
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--batch-size", type=int, default=256, help="per process; the global batch is K times it")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--temperature", type=float, help="default: the method's recipe (SimCLR 0.2, SupCon 0.1, ...)")
-    parser.add_argument("--queue-size", type=int, help="moco: keys kept as negatives (default: its recipe's, 4096)")
-    parser.add_argument("--momentum", type=float,
-                        help="moco, byol: momentum of the key or target network, in [0, 1) (default: the recipe's, 0.99)")
+    parser.add_argument("--limit", type=int, metavar="N",
+                        help="use only the first N training images, for a quick run (default: all of them)")
+    parser.add_argument("--epochs", type=int, default=15, metavar="N", help="passes over the training images")
+    parser.add_argument("--batch-size", type=int, default=256, metavar="B",
+                        help="images per process and step; under torchrun with K processes the global batch is K x B")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate, decayed by a cosine schedule")
+    parser.add_argument("--temperature", type=float, metavar="T",
+                        help=f"of the loss (default: the method's recipe: {_recipe_values('temperature')})")
+    parser.add_argument("--queue-size", type=int, metavar="N",
+                        help=f"keys kept as negatives (default: the recipe's: {_recipe_values('queue_size')})")
+    parser.add_argument("--momentum", type=float, metavar="M",
+                        help="momentum of the key or target network, in [0, 1) "
+                             f"(default: the recipe's: {_recipe_values('momentum')})")
     parser.add_argument("--option", action="append", metavar="NAME=VALUE",
-                        help="set any option of the method, e.g. --option num_negatives=512 (repeatable)")
+                        help="set any option of the method, e.g. --option num_negatives=512; repeatable "
+                             "(default: the method's recipe)")
     parser.add_argument("--sync-batchnorm", action="store_true",
                         help="batch norm over the global batch under torchrun (heads with batch norm)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--checkpoint", metavar="FILE", help="save after every epoch (rank 0)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--seed", type=int, default=0, metavar="N",
+                        help="seed of the initial weights, the order of the batches, the augmentations and the probe")
+    parser.add_argument("--checkpoint", metavar="FILE", help="save after every epoch, from rank 0 (default: no file)")
     parser.add_argument("--resume", action="store_true", help="continue from --checkpoint")
-    parser.add_argument("--json", metavar="FILE", help="write the summary (losses, probe accuracy) here")
+    parser.add_argument("--json", metavar="FILE",
+                        help="write the summary (losses, probe accuracy) to FILE (default: no file)")
     parser.add_argument("--progress", action="store_true", help="progress bar per epoch (rank 0)")

@@ -1,26 +1,33 @@
 """Sphinx configuration of the clbook book: the executed notebooks, a course map and the API.
 
-Build (no notebook is executed again; the pages show the outputs saved in the notebooks):
+Build (no notebook is executed again; the pages show the outputs saved in the notebooks), the
+command of the README, docs/index.md and CI:
 
-    python -m sphinx -b html docs docs/_build/html
+    pip install -r requirements.txt -r requirements-docs.txt -e ".[docs]"
+    python -m sphinx -b html -W --keep-going docs docs/_build/html
 
 ``docs/notebooks/`` is a generated copy of the course's ``notebooks/`` folder (refreshed on every
-build, not tracked), so every notebook, including ones added later, gets a page. Math is rendered by MathJax 2 served from the copy that
-the ``jupyter-server-mathjax`` package installs; it is copied into the built site at the end of
-the build, so the pages read offline. The course table on the index page is generated here from
-``benchmarks/results/course.json`` and the notebooks' titles.
+build, not tracked), so every notebook, including ones added later, gets a page. Math is rendered
+by MathJax 2 served from the copy that the ``jupyter-server-mathjax`` package installs; it is
+copied into the built site at the end of the build, so the pages read offline. The course table on
+the index page is generated here from ``benchmarks/results/course.json`` and the notebooks' titles.
+The layout is sphinx-book-theme's, with docs/_static/clbook.css on top; every notebook page gets a
+download link to its .ipynb under its title (``add_download_link``).
 """
 
 from __future__ import annotations
 
 import importlib
+import html
 import inspect
 import json
+import posixpath
 import shutil
 import sys
 from pathlib import Path
 
 import nbformat
+from docutils import nodes
 
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
@@ -81,16 +88,28 @@ napoleon_numpy_docstring = True
 napoleon_use_rtype = False
 
 # ----------------------------------------------------------------------------- HTML and math
-html_theme = "alabaster"
+# The layout of Jupyter Book: the notebooks in a sidebar on the left, the page's own table of
+# contents on the right, and a download button (the .ipynb) on every notebook page. Its CSS,
+# JavaScript and icon fonts are files of the theme, copied into the built site: nothing is loaded
+# from the network.
+html_theme = "sphinx_book_theme"
 html_title = "clbook: contrastive learning, derived and then checked by numbers"
 html_theme_options = {
-    "description": "An executable course on contrastive learning",
-    "fixed_sidebar": True,
-    "page_width": "1240px",  # code cells and printed tensors are up to about 110 characters wide
-    "sidebar_width": "240px",
-    "body_max_width": "none",
+    "logo": {"text": "clbook"},  # the sidebar's heading; the full title is the first entry below it
+    "home_page_in_toc": True,
+    "show_toc_level": 2,  # the right-hand table of contents lists a page's sections and subsections
+    "toc_title": "On this page",
+    "use_download_button": True,  # a notebook page offers its .ipynb (the copy under _sources/)
+    "use_fullscreen_button": False,
+    "navigation_with_keys": False,
 }
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+# Code cells reach about 140 characters and printed outputs more: wider pages, and lines that
+# still do not fit wrap instead of hiding behind a horizontal scroll bar (docs/_static/clbook.css).
+html_css_files = ["clbook.css"]
+html_copy_source = True  # the download button's .ipynb
+html_sourcelink_suffix = ""  # ... copied as _sources/notebooks/NAME.ipynb, not NAME.ipynb.txt
+html_show_sourcelink = False
 
 import jupyter_server_mathjax  # noqa: E402
 
@@ -102,7 +121,11 @@ mathjax2_config = {
     # jupyter-server-mathjax ships the STIX-Web fonts only (no TeX fonts, no image fonts): without
     # this, MathJax asks for its default TeX font data, which is not there, and shows an error.
     "HTML-CSS": {"availableFonts": ["STIX-Web"], "preferredFont": "STIX-Web", "webFont": "STIX-Web",
-                 "imageFont": None},
+                 "imageFont": None, "linebreaks": {"automatic": True}},
+    # A display formula wider than the column breaks at an operator instead of scrolling sideways.
+    "CommonHTML": {"linebreaks": {"automatic": True}},
+    "SVG": {"linebreaks": {"automatic": True}},
+    "messageStyle": "none",  # no "Processing math: 53%" box in the corner while a long page typesets
 }
 
 
@@ -234,7 +257,32 @@ def write_api_pages(app) -> None:
             page.write_text(text)
 
 
+# ----------------------------------------------------------------------------- download link
+
+
+def add_download_link(app, doctree, docname: str) -> None:
+    """Under a notebook page's title, a link that downloads the notebook the page shows.
+
+    The file is the copy of the notebook that Sphinx keeps under ``_sources/`` (``html_copy_source``),
+    the same one the download button of the page's header offers; this link is visible without
+    opening a menu, and its ``download`` attribute saves the file instead of displaying its JSON.
+    """
+    if app.builder.format != "html" or not docname.startswith("notebooks/"):
+        return
+    name = posixpath.basename(docname) + ".ipynb"
+    href = posixpath.relpath(f"_sources/{docname}.ipynb", posixpath.dirname(docname))
+    link = nodes.raw("", f'<p class="clbook-download"><a class="reference download" href="{html.escape(href)}" '
+                     f'download="{html.escape(name)}">Download this notebook ({html.escape(name)})</a> '
+                     "to run it yourself.</p>", format="html")
+    section = next(iter(doctree.findall(nodes.section)), None)
+    if section is None:
+        doctree.insert(0, link)
+    else:  # right after the title
+        section.insert(1 if section.children and isinstance(section[0], nodes.title) else 0, link)
+
+
 def setup(app):
     app.connect("builder-inited", write_api_pages)
     app.connect("builder-inited", write_course_table)
+    app.connect("doctree-resolved", add_download_link)
     app.connect("build-finished", copy_mathjax)

@@ -1,5 +1,6 @@
-"""The offline book: every notebook has a page, every figure file exists, no internal link is broken,
-and nothing is loaded from the network (MathJax included).
+"""The offline book: every notebook has a page that links to its .ipynb for download, every figure
+file exists, no internal link is broken, nothing is loaded from the network (MathJax, the theme's
+styles and fonts included), and the README, the book and CI give one build command.
 
 Builds the book once into a temporary folder (``python -m sphinx -b html -W``; it does not execute
 the notebooks). To check a build that already exists instead, for instance the one CI has just
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -49,6 +51,28 @@ def links_of(page: Path) -> list[tuple[str, str, str]]:
     parser = Links()
     parser.feed(page.read_text(encoding="utf-8"))
     return parser.links
+
+
+class Anchors(HTMLParser):
+    """The attributes of every <a> of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchors: list[dict[str, str | None]] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "a":
+            self.anchors.append(dict(attrs))
+
+
+def anchors_of(page: Path) -> list[dict[str, str | None]]:
+    parser = Anchors()
+    parser.feed(page.read_text(encoding="utf-8"))
+    return parser.anchors
+
+
+BUILD = "python -m sphinx -b html -W --keep-going docs docs/_build/html"
+INSTALL = 'pip install -r requirements.txt -r requirements-docs.txt -e ".[docs]"'
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +131,39 @@ def test_the_book_reads_offline_with_local_mathjax(html):
     mathjax = [s for s in scripts if "MathJax.js" in s]
     assert mathjax and not urlsplit(mathjax[0]).scheme, "MathJax must be served from the built site"
     assert (page.parent / urlsplit(mathjax[0]).path).is_file()
-    for tag, attr, value in links_of(page):
-        if tag in ("script", "link", "img"):
-            assert not urlsplit(value).scheme, f"loads {value} from the network"
     assert r"\(" in page.read_text(encoding="utf-8")  # math is left for MathJax to typeset
+    for page in sorted(html.rglob("*.html")):
+        if "_static" in page.parts:
+            continue
+        for tag, attr, value in links_of(page):
+            if tag in ("script", "link", "img", "iframe", "source"):
+                assert not urlsplit(value).scheme, f"{page.relative_to(html)} loads {value} from the network"
+    # The theme's styles: no font or stylesheet fetched from elsewhere (its icons are local webfonts).
+    for sheet in sorted((html / "_static").rglob("*.css")):
+        text = sheet.read_text(encoding="utf-8", errors="replace")
+        remote = re.findall(r"(?:url\(\s*[\"']?|@import\s+[\"']?)(?:https?:)?//[^)\"'\s]+", text)
+        assert not remote, f"{sheet.relative_to(html)} loads {remote[:3]} from the network"
+
+
+def test_every_notebook_page_links_its_ipynb_for_download(html):
+    for notebook in NOTEBOOKS:
+        page = html / "notebooks" / f"{notebook.stem}.html"
+        downloads = [a for a in anchors_of(page) if "download" in a and a.get("href", "").endswith(".ipynb")]
+        assert downloads, f"{page.name}: no download link to its notebook"
+        target = page.parent / unquote(urlsplit(downloads[0]["href"]).path)
+        assert target.is_file() and target.read_bytes() == notebook.read_bytes(), \
+            f"{page.name}: the download is not {notebook.name} as it is in notebooks/"
+
+
+def test_one_build_command_everywhere():
+    for path in ("README.md", "docs/index.md", "docs/conf.py", ".ci/run"):
+        text = (ROOT / path).read_text(encoding="utf-8")
+        assert BUILD in text, f"{path} does not give the book's build command: {BUILD}"
+        for line in text.splitlines():  # and no other sphinx command
+            if "-m sphinx" in line and "sys.executable" not in line:
+                assert BUILD in line, f"{path}: another build command: {line.strip()}"
+    for path in ("README.md", "docs/index.md", "docs/conf.py"):
+        assert INSTALL in (ROOT / path).read_text(encoding="utf-8"), f"{path} does not give: {INSTALL}"
 
 
 def test_api_reference_has_a_page_per_module(html):

@@ -136,7 +136,7 @@ def test_resuming_a_finished_run_trains_nothing_and_says_so(tmp_path):
     assert run([*common, "--epochs", "1"], tmp_path).returncode == 0
     done = run([*common, "--epochs", "1", "--resume", "--json", str(tmp_path / "out.json")], tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert "already trained 1 epochs" in done.stderr and not (tmp_path / "out.json").exists()
+    assert "already trained 1 epoch;" in done.stderr and not (tmp_path / "out.json").exists()
 
 
 @pytest.mark.parametrize("method, options", [("simsiam", []), ("byol", []), ("swav", []),

@@ -12,7 +12,12 @@ from clbook.__main__ import main
 from clbook.data import Split, load_shipped_mnist
 from clbook.experiments import Result, format_table
 
-KEYS = {"dataset", "encoder", "method", "linear_acc", "knn_acc", "alignment", "uniformity", "seconds", "data"}
+KEYS = {"dataset", "encoder", "method", "linear_acc", "linear_std", "knn_acc", "knn_std", "n_seeds", "alignment",
+        "uniformity", "std", "effective_rank", "steps", "samples", "seconds", "data"}
+
+
+def few_keys(sizes) -> set[str]:
+    return {f"{m}_{n}{s}" for m in ("linear", "knn") for n in sizes for s in ("", "_std")}
 
 
 @pytest.fixture
@@ -35,13 +40,19 @@ def test_reproduce_quick_writes_json_rows(small_mnist, tmp_path, capsys):
     assert got == [("iris", "mlp", "supcon"), ("iris", "mlp", "random"),
                    *(("mnist", kind, method) for kind, method in experiments.MNIST_ROWS)]
     assert set(got[2:]) == {
-        ("mnist", "cnn", "supcon"), ("mnist", "cnn", "simclr"), ("mnist", "cnn", "random"),
+        ("mnist", "pixels", "raw"), ("mnist", "cnn", "supcon"), ("mnist", "cnn", "simclr"), ("mnist", "cnn", "random"),
         ("mnist", "fc", "supcon"), ("mnist", "fc", "random"), ("mnist", "cnn", "moco"),
         ("mnist", "cnn", "simsiam"), ("mnist", "cnn", "byol"), ("mnist", "cnn", "swav"),
     }
     assert got.index(("mnist", "cnn", "random")) > got.index(("mnist", "cnn", "swav"))  # twins after their methods
     for r in rows:
-        assert set(r) == KEYS
+        # Sizes beyond the smallest class are skipped: Iris's training part and this small split
+        # have fewer than 100 of some class.
+        assert KEYS | few_keys((1, 10)) <= set(r) <= KEYS | few_keys((1, 10, 100))
+        assert all(0.0 <= r[k] <= 1.0 for k in few_keys((1, 10)) if not k.endswith("_std"))
+        # Pre-trained rows count their steps and samples; the random twins and pixels have none.
+        trained = r["method"] not in ("random", "raw")
+        assert (r["steps"] > 0 and r["samples"] >= r["steps"]) if trained else r["steps"] == r["samples"] == 0
         assert 0.0 <= r["linear_acc"] <= 1.0 and 0.0 <= r["knn_acc"] <= 1.0
         assert r["seconds"] > 0 and math.isfinite(r["seconds"])
         assert r["uniformity"] <= 0  # log of a mean of exp(-t d^2) <= 1
@@ -51,7 +62,8 @@ def test_reproduce_quick_writes_json_rows(small_mnist, tmp_path, capsys):
             assert r["alignment"] is None
     assert {r["data"] for r in rows if r["dataset"] == "mnist"} == {"mnist-t10k-shipped"}
     printed = capsys.readouterr().out
-    assert "linear %" in printed and printed.count("mnist-t10k-shipped") == 9
+    assert "linear %" in printed and printed.count("mnist-t10k-shipped") == 10
+    assert "linear@10" in printed and "kNN@10" in printed
     assert "align" in printed and "unif" in printed
 
 
