@@ -12,8 +12,9 @@ import pytest
 from conftest import REQUIRE_PEERS, import_peer
 
 ROOT = Path(__file__).resolve().parents[1]
-# Reference libraries of the tests (module -> pip name): test requirements, not clbook's dependencies.
-PEERS = {"lightly": "lightly", "ot": "pot", "pytorch_metric_learning": "pytorch-metric-learning"}
+# Libraries the tests compare with or run (module -> pip name): test requirements, not clbook's dependencies.
+PEERS = {"lightly": "lightly", "ot": "pot", "pytorch_metric_learning": "pytorch-metric-learning",
+         "nbgrader": "nbgrader"}
 
 
 def test_a_missing_peer_is_skipped_with_its_name(monkeypatch):
@@ -69,3 +70,19 @@ def test_tests_import_peers_only_through_the_fixture():
                 continue
             for name in names:
                 assert name.split(".")[0] not in PEERS, f"{path.name}:{node.lineno} imports {name}; use peer(...)"
+
+
+def test_a_test_file_that_needs_a_peer_throughout_is_skipped_whole(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    (tmp_path / "conftest.py").write_text((ROOT / "tests" / "conftest.py").read_text(encoding="utf-8"))
+    (tmp_path / "test_needs.py").write_text("from conftest import import_peer\n"
+                                            "thing = import_peer('clbook_no_such_module', 'no-such-peer')\n"
+                                            "def test_a():\n    pass\n")
+    for required, outcome in (("", "1 skipped"), ("1", "1 error")):
+        env = {k: v for k, v in __import__("os").environ.items() if k != REQUIRE_PEERS}
+        env[REQUIRE_PEERS] = required
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+                               "-rs", str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert outcome in done.stdout and "no-such-peer" in done.stdout, done.stdout
