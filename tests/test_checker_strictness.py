@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clbook.cluster import gmm_e_step, gmm_m_step
+from clbook.cluster import gmm_e_step
 from clbook.evaluation import knn_accuracy
 from clbook.exercises import EXERCISES
 from clbook.losses import info_nce_loss, nt_xent_loss, supcon_loss, swav_loss

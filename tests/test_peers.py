@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -72,17 +75,13 @@ def test_tests_import_peers_only_through_the_fixture():
                 assert name.split(".")[0] not in PEERS, f"{path.name}:{node.lineno} imports {name}; use peer(...)"
 
 
-def test_a_test_file_that_needs_a_peer_throughout_is_skipped_whole(tmp_path, monkeypatch):
-    import subprocess
-    import sys
-
+def test_a_test_file_that_needs_a_peer_throughout_is_skipped_whole(tmp_path):
     (tmp_path / "conftest.py").write_text((ROOT / "tests" / "conftest.py").read_text(encoding="utf-8"))
     (tmp_path / "test_needs.py").write_text("from conftest import import_peer\n"
                                             "thing = import_peer('clbook_no_such_module', 'no-such-peer')\n"
                                             "def test_a():\n    pass\n")
     for required, outcome in (("", "1 skipped"), ("1", "1 error")):
-        env = {k: v for k, v in __import__("os").environ.items() if k != REQUIRE_PEERS}
-        env[REQUIRE_PEERS] = required
+        env = {**os.environ, REQUIRE_PEERS: required}
         done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
                                "-rs", str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True)
         assert outcome in done.stdout and "no-such-peer" in done.stdout, done.stdout
