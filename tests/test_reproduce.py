@@ -33,7 +33,9 @@ def small_mnist(monkeypatch):
 
 def test_reproduce_quick_writes_json_rows(small_mnist, tmp_path, capsys):
     out = tmp_path / "results.json"
-    assert main(["reproduce", "--quick", "--json", str(out)]) == 0
+    plot = tmp_path / "few.png"
+    assert main(["reproduce", "--quick", "--json", str(out), "--plot", str(plot)]) == 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the few-label figure was drawn
     rows = json.loads(out.read_text())
     got = [(r["dataset"], r["encoder"], r["method"]) for r in rows]
     # The rows follow the registry (clbook.methods.REGISTRY): per encoder its methods, then its twin.
@@ -138,3 +140,11 @@ def test_reproduce_refuses_a_bad_argument_in_one_line_and_creates_nothing(args, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("python -m clbook reproduce: error: ") and message in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_plot_path_checked_before_the_run(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reproduce", "--quick", "--plot", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--plot" in err and "is a directory" in err
