@@ -532,7 +532,8 @@ def digit_views(x: Tensor, parts: str = "quadrants", flat: bool = False) -> list
     else:
         top, bottom = x[:, :, : h // 2], x[:, :, h // 2 :]
         views = [top[..., : w // 2], top[..., w // 2 :], bottom[..., : w // 2], bottom[..., w // 2 :]]
-    return [v.flatten(1) if flat else v.clone() for v in views]  # flatten copies a strided crop
+    copies = [v.clone(memory_format=torch.contiguous_format) for v in views]  # never a view into x
+    return [v.flatten(1) for v in copies] if flat else copies
 
 
 # ----------------------------------------------------------------------------- captions of digits (CLIP, notebook 12)
