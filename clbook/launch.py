@@ -308,10 +308,11 @@ def run_pretrain(args: argparse.Namespace) -> dict:
 
 def _recipe_values(option: str) -> str:
     """``"moco 0.99, byol 0.99"``: the value of ``option`` in each registered method's MNIST recipe that sets it."""
+    recipes = {name: entry.recipes[0] for name, entry in REGISTRY.items() if entry.recipes}
     if option == "temperature":
-        values = {name: entry.recipes[0].temperature for name, entry in REGISTRY.items()}
+        values = {name: recipe.temperature for name, recipe in recipes.items()}
     else:
-        values = {name: entry.recipes[0].options.get(option) for name, entry in REGISTRY.items()}
+        values = {name: recipe.options.get(option) for name, recipe in recipes.items()}
     return ", ".join(f"{name} {value}" for name, value in values.items() if value is not None)
 
 
@@ -322,7 +323,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     (``--temperature``: each method's recipe), appended by the command's formatter
     (``argparse.ArgumentDefaultsHelpFormatter``) where there is one.
     """
-    parser.add_argument("--method", choices=list(REGISTRY), default="simclr",
+    runnable = [name for name, entry in REGISTRY.items() if entry.recipes]  # notebook 12's methods have none
+    parser.add_argument("--method", choices=runnable, default="simclr",
                         help="the pre-training method; its MNIST recipe (clbook.methods.REGISTRY) sets the "
                              "temperature and options")
     parser.add_argument("--images", metavar="DIR",

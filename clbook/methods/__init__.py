@@ -25,6 +25,8 @@ from clbook.data import LIGHT_AUGMENT as LIGHT
 from clbook.data import SIMCLR_AUGMENT as STRONG
 from clbook.methods.base import LossMethod, Method, Recipe, output_dim
 from clbook.methods.byol import BYOL
+from clbook.methods.clip import CLIP
+from clbook.methods.cmc import CMC
 from clbook.methods.memory_bank import MemoryBankMethod
 from clbook.methods.moco import MoCo
 from clbook.methods.simclr import SimCLR
@@ -34,7 +36,7 @@ from clbook.methods.swav import SwAV
 
 __all__ = [
     "Method", "LossMethod", "Recipe", "Entry", "REGISTRY", "METHODS", "make_method", "as_method", "output_dim",
-    "SimCLR", "SupCon", "MoCo", "MemoryBankMethod", "SimSiam", "BYOL", "SwAV",
+    "SimCLR", "SupCon", "MoCo", "MemoryBankMethod", "SimSiam", "BYOL", "SwAV", "CMC", "CLIP",
 ]
 
 
@@ -92,6 +94,9 @@ REGISTRY: dict[str, Entry] = {
     "swav": Entry(SwAV,
                   Recipe("cnn", epochs=12, augment=LIGHT, temperature=0.1, head={"batchnorm": True}, seeds=(0, 1, 2),
                          options=dict(n_prototypes=10, epsilon=0.05, sinkhorn_iterations=3, freeze_epochs=1))),
+    # Notebook 12 only, no MNIST recipe (no row in reproduce): views of other kinds than augmentations.
+    "cmc": Entry(CMC),
+    "clip": Entry(CLIP),
 }
 
 for _name, _entry in REGISTRY.items():
