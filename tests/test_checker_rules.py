@@ -115,11 +115,8 @@ def test_every_road_to_clbooks_nt_xent_is_closed(how):
         from clbook.losses import nt_xent_loss as imported
         return imported(z1, z2, tau)
 
-    if how == "passed itself":
-        answer = nt_xent_loss
-    elif how == "partial":
-        answer = functools.partial(nt_xent_loss)
-    verdict = exercises.check_nt_xent.run(answer)
+    given = {"passed itself": nt_xent_loss, "partial": functools.partial(nt_xent_loss)}.get(how, answer)
+    verdict = exercises.check_nt_xent.run(given)
     assert verdict.status == "fail" and WRITE_IT_YOURSELF in verdict.hint, verdict.message
     assert "clbook.losses." in verdict.message
 
