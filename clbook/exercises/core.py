@@ -49,6 +49,9 @@ An exercise's rules are held while the learner's function runs, not only its num
   (:data:`AUTOGRAD`) are forbidden as above, so an autograd answer fails with a clear message.
   (Not for checkers whose cases differentiate the answer with a gradient probe.)
 
+Hints point to the section to reread and do not state the formula; a hint that names no section
+(no "reread", no "§") gets "; reread <the exercise's section>" added when the checker is built.
+
 The checker's own functions (its reference and its registered mistakes) run as they are: the tests
 run them through :meth:`Exercise.run`, and :meth:`Exercise._diagnose` compares with them.
 """
