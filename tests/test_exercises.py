@@ -216,7 +216,10 @@ def test_answers_that_raise_or_modify_their_input_get_one_line_reasons():
 
     def in_place(z1, z2, tau):
         z1.div_(z1.norm(dim=1, keepdim=True))
-        return nt_xent_loss(z1, z2, tau)
+        # Written out: calling nt_xent_loss here would be refused first (02.1 forbids it).
+        z = torch.cat([z1, F.normalize(z2, dim=1)])
+        logits = (z @ z.T / tau).masked_fill(torch.eye(len(z), dtype=torch.bool), float("-inf"))
+        return F.cross_entropy(logits, torch.arange(len(z)).roll(len(z) // 2))
 
     verdict = exercises.check_nt_xent.run(raises)
     assert verdict.status == "fail" and "raised RuntimeError" in verdict.message
@@ -242,7 +245,7 @@ def test_a_new_checker_is_a_few_lines():
         mistakes=[Mistake(lambda x: x + x + 1, "off by one")],
     )
     assert checker.run(lambda x: x * 2).passed
-    assert checker.run(lambda x: x + x + 1).hint == "off by one"
+    assert checker.run(lambda x: x + x + 1).hint == "off by one; reread 99 §1"  # every hint names a section
     assert checker.run(lambda x: 3 * x).hint == "reread 99 §1"
     assert "99.1" not in EXERCISES and checker.cases[0].label == "x = 3"
 

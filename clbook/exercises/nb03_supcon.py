@@ -81,6 +81,7 @@ check_supcon_out = exercise(
     "03.1", "SupCon L_out, anchors without positives left out", _SUPCON_SECTION,
     reference=_supcon_out_reference,
     cases=_supcon_cases,
+    forbidden=("clbook.losses.supcon_loss", "clbook.losses.SupConLoss", "clbook.reference.supcontrast_loss", "supcon_two_ways"),
     mistakes=[
         Mistake(_supcon_zero_counted,
                 "an anchor without positives counts 0 here, which rescales the loss (the SupContrast "
@@ -101,6 +102,7 @@ check_supcon_in = exercise(
     "03.2", "SupCon L_in", "03 'L_out against L_in'",
     reference=_supcon_in_reference,
     cases=_supcon_cases,
+    forbidden=("clbook.losses.supcon_loss", "clbook.losses.SupConLoss", "clbook.reference.supcontrast_loss"),
     mistakes=[
         Mistake(_supcon_out_reference,
                 "that is L_out; L_in takes -log of the mean fraction F_ip over the positives: reread 03 "
@@ -116,6 +118,7 @@ check_supcon_pair_weighted = exercise(
     "03.3", "SupCon, the pair-weighted form", "03 'Another road to 2.4826'",
     reference=_supcon_pair_reference,
     cases=_supcon_cases,
+    forbidden=("clbook.losses.supcon_loss", "clbook.losses.SupConLoss", "clbook.reference.supcontrast_loss", "supcon_two_ways"),
     mistakes=[
         Mistake(_supcon_out_reference,
                 "that is the anchor-weighted L_out; the pair-weighted form divides every anchor's summed "
