@@ -27,18 +27,18 @@ import time
 from pathlib import Path
 
 
-def _json_path_problem(path: str, overwrite: bool) -> str | None:
-    """Why rows could not be written to ``path`` (None if they can), checked before a long run."""
+def _json_path_problem(path: str, overwrite: bool, option: str = "--json") -> str | None:
+    """Why ``option``'s output could not be written to ``path`` (None if it can), checked before a long run."""
     target = Path(path)
     if target.is_dir():
-        return f"--json {path} is a directory; give a file name"
+        return f"{option} {path} is a directory; give a file name"
     if target.exists() and not overwrite:
-        return f"--json {path} exists; pass --overwrite to replace it, or choose another name"
+        return f"{option} {path} exists; pass --overwrite to replace it, or choose another name"
     parent = target.parent
     if not parent.is_dir():
-        return f"--json {path}: the folder {parent} does not exist"
+        return f"{option} {path}: the folder {parent} does not exist"
     if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        return f"--json {path}: no permission to write there"
+        return f"{option} {path}: no permission to write there"
     return None
 
 
@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--quick", action="store_true", help="few epochs: a smoke test of about a minute")
     rep.add_argument("--json", metavar="FILE", help="also write the rows to FILE as JSON (default: no file)")
     rep.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
+    rep.add_argument("--plot", metavar="FILE", help="also draw accuracy against labels per class, one line per "
+                     "MNIST row, to FILE (PNG; default: no plot)")
     rep.add_argument("--progress", action="store_true", help="show progress bars while training")
     rep.add_argument("--data", metavar="DIR", help="data folder (default: $CLBOOK_DATA, else the clone's data/)")
     rep.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then the CPU), cpu, cuda, cuda:N or mps")
@@ -140,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         problem = _json_path_problem(args.json, args.overwrite)
         if problem:
             parser.error(problem)  # before the minutes-long run, not after it
+    if args.plot:
+        problem = _json_path_problem(args.plot, args.overwrite, "--plot")
+        if problem:
+            parser.error(problem)
     if args.data is not None and not Path(args.data).is_dir():
         return _error("reproduce", f"--data {args.data}: no such folder")
     from clbook.runtime import resolve_device
@@ -168,7 +174,31 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(rows, f, indent=2, allow_nan=False)
             f.write("\n")
         print(f"Wrote {len(results)} row{'s' * (len(results) != 1)} to {args.json}")
+    if args.plot:
+        _plot(results, args.plot)
+        print(f"Wrote the few-label plot to {args.plot}")
     return 0
+
+
+def _plot(results, path: str) -> None:
+    """Linear probe and kNN accuracy against labels per class for the MNIST rows (random twins dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from clbook.evaluation import plot_label_efficiency
+
+    rows = {f"{r.method} {r.encoder}": r for r in results if r.dataset == "mnist" and r.few}
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), dpi=100)
+    for ax, metric in zip(axes, ("linear", "knn")):
+        plot_label_efficiency({k: r.few for k, r in rows.items()},
+                              {k: (r.linear_acc if metric == "linear" else r.knn_acc) for k, r in rows.items()},
+                              metric=metric, ax=ax, reference=("random", "pixels"), legend_outside=metric == "knn")
+    axes[0].get_legend().remove()  # one legend, beside the right panel, hides no line
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def _error(command: str, err: Exception | str) -> int:

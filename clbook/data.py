@@ -1,4 +1,5 @@
-"""Datasets for the experiments: Iris and MNIST as in-memory tensors, plus digit augmentation.
+"""Datasets for the experiments: Iris and MNIST as in-memory tensors, plus digit augmentation, and
+for notebook 12 the views of a digit (:func:`digit_views`) and captions in words (:func:`make_captions`).
 
 Conventions
 -----------
@@ -44,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clbook.checks import check_images, check_int, check_interval, check_labels, check_real
+from clbook.checks import check_bool, check_images, check_int, check_interval, check_labels, check_real
 
 __all__ = [
     "Split",
@@ -59,6 +60,10 @@ __all__ = [
     "LIGHT_AUGMENT",
     "SpeechSequences",
     "make_speech_sequences",
+    "digit_views",
+    "digit_style",
+    "make_captions",
+    "tokenize_text",
 ]
 
 # Published checksums (the same ones torchvision verifies after its download).
@@ -646,3 +651,243 @@ def make_speech_sequences(n_speakers: int = 8, n_sequences: int = 1024, length: 
         radius=as_tensor(radius),
         formants=as_tensor(formants),
     )
+
+
+# ----------------------------------------------------------------------------- views of a digit (CMC, notebook 12)
+
+#: The parts :func:`digit_views` cuts a digit into, in order.
+VIEW_PARTS = {
+    "halves": ("left", "right"),
+    "quadrants": ("top-left", "top-right", "bottom-left", "bottom-right"),
+}
+
+
+def digit_views(x: Tensor, parts: str = "quadrants", flat: bool = False) -> list[Tensor]:
+    """Disjoint crops of every digit: the views of Contrastive Multiview Coding in notebook 12.
+
+    Parameters
+    ----------
+    x : Tensor, shape [N, C, H, W]
+        Images (float in [0, 1], or ``uint8``, divided by 255); H and W even.
+    parts : {"halves", "quadrants"}
+        ``"halves"``: the left and the right half, each ``[N, C, H, W/2]``. ``"quadrants"``: the
+        top-left, top-right, bottom-left and bottom-right quarter, each ``[N, C, H/2, W/2]``
+        (:data:`VIEW_PARTS` names them in this order).
+    flat : bool, default False
+        Return each view flattened, ``[N, C * h * w]`` (for a fully connected encoder).
+
+    Returns
+    -------
+    list of Tensor
+        New tensors (copies: changing one leaves ``x`` alone). No pixel belongs to two views, so
+        what two views share is what the whole digit implies for both: its identity, and the
+        writer's style (slant, stroke width, position).
+    """
+    if not isinstance(x, Tensor) or x.dim() != 4:
+        raise ValueError(f"expected images of shape [N, C, H, W], got {tuple(getattr(x, 'shape', ()))}")
+    x = check_images("x", x)
+    if parts not in VIEW_PARTS:
+        raise ValueError(f"parts must be one of {sorted(VIEW_PARTS)}, got {parts!r}")
+    h, w = x.shape[2], x.shape[3]
+    if h % 2 or w % 2:
+        raise ValueError(f"digit_views needs an even height and width, got {h} x {w}")
+    flat = check_bool("flat", flat)
+    if parts == "halves":
+        views = [x[..., : w // 2], x[..., w // 2 :]]
+    else:
+        top, bottom = x[:, :, : h // 2], x[:, :, h // 2 :]
+        views = [top[..., : w // 2], top[..., w // 2 :], bottom[..., : w // 2], bottom[..., w // 2 :]]
+    copies = [v.clone(memory_format=torch.contiguous_format) for v in views]  # never a view into x
+    return [v.flatten(1) for v in copies] if flat else copies
+
+
+# ----------------------------------------------------------------------------- captions of digits (CLIP, notebook 12)
+
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+# Style, measured on the image (thresholds chosen on the shipped training digits so that each
+# phrase describes roughly a third of them, about evenly across classes).
+_SLANT_LEFT, _SLANT_RIGHT = -0.05, 0.25  # shear -mu11 / mu02 of the ink; > 0: the top leans right
+_THIN, _THICK = 1.75, 2.3  # stroke width in pixels, 2 * area / perimeter of the pixels above 0.5
+
+_SLANT_PHRASES = {
+    "left": ("slanted to the left", "leaning left", "tilted to the left", "leaning backwards"),
+    "upright": ("upright", "standing straight", "written straight up", "not slanted"),
+    "right": ("slanted to the right", "leaning right", "tilted to the right", "in italics"),
+}
+_WIDTH_WORDS = {"thin": ("thin", "light", "fine", "skinny"), "regular": ("",),
+                "thick": ("thick", "bold", "heavy", "fat")}
+_NOUNS = ("digit", "number", "numeral", "figure")
+# {name}: the digit's name; {slant}: a slant phrase; {width}: a stroke word (maybe empty); {noun}.
+CAPTION_TEMPLATES = (
+    "a handwritten {name}, {slant}",
+    "a {width} {name} written by hand",
+    "{name}, {width} strokes, {slant}",
+    "someone wrote a {name}",
+    "this is a {name}",
+    "the {noun} {name}, {slant}",
+    "a {width} handwritten {name} {slant}",
+    "scribbled {noun}: {name}",
+    "{slant}, a {width} {name}",
+    "my {name} is {slant}",
+)
+_FILLERS = ("probably", "i think", "quickly", "messy", "in ink", "on paper", "again", "here")
+_WORD = re.compile(r"[a-z0-9]+")
+#: The words of the captions and prompts of :func:`make_captions` (plus the numerals): the text encoder's vocabulary.
+CAPTION_VOCAB = tuple(sorted(
+    {w for t in CAPTION_TEMPLATES for w in _WORD.findall(re.sub(r"\{\w+\}", " ", t))}
+    | {w for group in (*_SLANT_PHRASES.values(), *_WIDTH_WORDS.values(), ("regular",), _NOUNS, _FILLERS, DIGIT_WORDS)
+       for phrase in group for w in _WORD.findall(phrase)}
+    | {str(d) for d in range(10)}))
+#: Ids of :func:`tokenize_text`: 0 padding, 1 a word outside :data:`CAPTION_VOCAB`, then the vocabulary.
+TEXT_VOCAB_SIZE = len(CAPTION_VOCAB) + 2
+
+def digit_style(x: Tensor) -> tuple[list[str], list[str]]:
+    """Slant (``"left"``, ``"upright"``, ``"right"``) and stroke (``"thin"``, ``"regular"``, ``"thick"``) of digits.
+
+    Slant is the shear of the ink, ``-mu11 / mu02`` (second-order central moments, rows growing
+    downwards): positive when the top of the digit lies to the right of its bottom. Stroke width is
+    ``2 * area / perimeter`` of the pixels above 0.5 (a stroke of length l and width w has area
+    l w and perimeter about 2 l).
+
+    Parameters
+    ----------
+    x : Tensor, shape [N, 1, H, W]
+
+    Returns
+    -------
+    (list of str, list of str), each of length N
+    """
+    if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != 1:
+        raise ValueError(f"expected images of shape [N, 1, H, W], got {tuple(getattr(x, 'shape', ()))}")
+    img = check_images("x", x)[:, 0].float()
+    _, h, w = img.shape
+    rows = torch.arange(h, dtype=img.dtype).view(1, h, 1)
+    cols = torch.arange(w, dtype=img.dtype).view(1, 1, w)
+    mass = img.sum((1, 2)).clamp_min(1e-6)  # a blank image: no slant, no stroke
+    dy = rows - ((img * rows).sum((1, 2)) / mass).view(-1, 1, 1)
+    dx = cols - ((img * cols).sum((1, 2)) / mass).view(-1, 1, 1)
+    shear = -(img * dx * dy).sum((1, 2)) / (img * dy * dy).sum((1, 2)).clamp_min(1e-6)
+    on = (img > 0.5).float()
+    perimeter = (on[:, 1:] != on[:, :-1]).sum((1, 2)) + (on[:, :, 1:] != on[:, :, :-1]).sum((1, 2))
+    width = 2 * on.sum((1, 2)) / perimeter.clamp_min(1)
+    slant = ["left" if s < _SLANT_LEFT else "right" if s > _SLANT_RIGHT else "upright" for s in shear.tolist()]
+    stroke = ["thin" if v < _THIN else "thick" if v > _THICK else "regular" for v in width.tolist()]
+    return slant, stroke
+
+
+def _typo(text: str, rng: np.random.Generator) -> str:
+    """One random typing error: a character dropped, doubled, swapped with the next, or replaced."""
+    if len(text) < 3:
+        return text
+    i = int(rng.integers(0, len(text) - 1))
+    kind = int(rng.integers(0, 4))
+    if kind == 0:
+        return text[:i] + text[i + 1:]
+    if kind == 1:
+        return text[:i] + text[i] + text[i:]
+    if kind == 2:
+        return text[:i] + text[i + 1] + text[i] + text[i + 2:]
+    return text[:i] + "abcdefghijklmnopqrstuvwxyz"[int(rng.integers(0, 26))] + text[i + 1:]
+
+
+def make_captions(
+    x: Tensor,
+    y: Tensor,
+    seed: int = 0,
+    *,
+    per_image: int = 1,
+    templates: tuple[str, ...] = CAPTION_TEMPLATES,
+    numeral: float = 0.3,
+    typo: float = 0.15,
+    filler: float = 0.2,
+    wrong_digit: float = 0.05,
+) -> list[list[str]]:
+    """Captions in words for digits, as a noisy web crawl might pair them with the images (notebook 12).
+
+    Each caption fills a template drawn at random with the digit's name (its word, ``"seven"``, or
+    with probability ``numeral`` its numeral, ``"7"``), a phrase for its measured slant and a word
+    for its stroke width (:func:`digit_style`), each drawn from several synonyms. Then noise: with
+    probability ``filler`` a filler word is inserted, with probability ``typo`` a typing error
+    (:func:`_typo`), and with probability ``wrong_digit`` the caption names another digit,
+    drawn uniformly. Some templates name neither slant nor stroke, so two images of one digit
+    often get the same caption, and one image gets many different ones.
+
+    Parameters
+    ----------
+    x : Tensor, shape [N, 1, H, W]
+        The digits, for their style.
+    y : Tensor, shape [N]
+        Their labels in 0..9.
+    seed : int
+        The captions are a deterministic function of ``(x, y, seed)`` and the options.
+    per_image : int, default 1
+        Captions per image.
+    templates : tuple of str
+        With fields ``{name}``, ``{slant}``, ``{width}`` and ``{noun}`` (each optional).
+    numeral, typo, filler, wrong_digit : float in [0, 1]
+        Probabilities of the variations above.
+
+    Returns
+    -------
+    list of N lists of ``per_image`` str, lower-case.
+    """
+    from clbook.checks import check_probability
+
+    if not isinstance(y, Tensor) or y.dim() != 1 or y.shape[0] != getattr(x, "shape", (None,))[0]:
+        raise ValueError("y must be a tensor of labels [N], one per image of x")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) > 9):
+        raise ValueError(f"labels must be digits 0..9, got values in [{int(y.min())}, {int(y.max())}]")
+    per_image = check_int("per_image", per_image, 1)
+    numeral, typo, filler, wrong_digit = (check_probability(name, value) for name, value in
+                                          (("numeral", numeral), ("typo", typo), ("filler", filler),
+                                           ("wrong_digit", wrong_digit)))
+    if not templates or not all(isinstance(t, str) for t in templates):
+        raise ValueError("templates must be a non-empty tuple of strings")
+    seed = check_int("seed", seed, 0, 2**32 - 1)
+    slants, strokes = digit_style(x)
+    rng = np.random.default_rng(seed)
+
+    def pick(options: tuple[str, ...]) -> str:
+        return options[int(rng.integers(len(options)))]
+
+    out = []
+    for label, slant, stroke in zip(y.tolist(), slants, strokes):
+        captions = []
+        for _ in range(per_image):
+            digit = label
+            if rng.random() < wrong_digit:
+                digit = int((label + rng.integers(1, 10)) % 10)  # another digit, uniformly
+            name = str(digit) if rng.random() < numeral else DIGIT_WORDS[digit]
+            template = templates[int(rng.integers(len(templates)))]
+            width = pick(_WIDTH_WORDS[stroke]) or ("regular" if "{width} strokes" in template else "")
+            text = template.format(name=name, slant=pick(_SLANT_PHRASES[slant]), width=width, noun=pick(_NOUNS))
+            words = text.split()  # also drops the double spaces of an empty {width}
+            if rng.random() < filler:
+                words.insert(int(rng.integers(0, len(words) + 1)), pick(_FILLERS))
+            text = " ".join(words)
+            if rng.random() < typo:
+                text = _typo(text, rng)
+            captions.append(text)
+        out.append(captions)
+    return out
+
+
+def tokenize_text(texts: list[str], length: int = 16, vocab: tuple[str, ...] = CAPTION_VOCAB) -> Tensor:
+    """Texts as word ids ``[M, length]`` (int64) for :class:`clbook.encoders.BagOfWordsEncoder`.
+
+    Words are the runs of letters and digits of the lower-cased text (punctuation separates them).
+    Word ``vocab[k]`` gets id ``k + 2``, any other word (a typo, say) 1, and the rest of the row 0
+    (padding). Texts of more than ``length`` words are cut; a text without a word is refused.
+    """
+    length = check_int("length", length, 1)
+    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        raise ValueError("texts must be a list of strings")
+    index = {w: k + 2 for k, w in enumerate(vocab)}
+    out = torch.zeros(len(texts), length, dtype=torch.int64)
+    for row, text in enumerate(texts):
+        ids = [index.get(w, 1) for w in _WORD.findall(text.lower())][:length]
+        if not ids:
+            raise ValueError(f"texts[{row}] has no word: {text!r}")
+        out[row, : len(ids)] = torch.tensor(ids)
+    return out

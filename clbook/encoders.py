@@ -32,6 +32,7 @@ __all__ = [
     "PixelFeatures",
     "CPCEncoder",
     "CPCPredictor",
+    "BagOfWordsEncoder",
 ]
 
 
@@ -310,6 +311,50 @@ class PixelFeatures(nn.Module):
         """``[B, 1, 28, 28] -> [B, 784]``."""
         return (_images(x, "x").flatten(1) - self.mean) / self.std
 
+
+# ----------------------------------------------------------------------------- notebook 12: texts
+
+
+class BagOfWordsEncoder(nn.Module):
+    """Small text encoder over words (CLIP's text side in notebook 12): embed each word, average, one hidden layer.
+
+    ``ids [N, L] -> embedding(embed_dim) -> mean over the non-padding words -> ReLU -> linear -> [N, out_dim]``:
+    a continuous bag of words, the simplest text encoder the CLIP paper tried. Word order is lost
+    ("not slanted" and "slanted, not" are the same text); a misspelt word is the unknown word.
+
+    Parameters
+    ----------
+    vocab_size : int, default :data:`clbook.data.TEXT_VOCAB_SIZE`
+        Ids are ``0`` (padding, ignored), ``1`` (a word outside the vocabulary) and up
+        (:func:`clbook.data.tokenize_text`).
+    out_dim : int, default 128
+    embed_dim : int, default 64
+
+    Shapes: input int64 ``[N, L]`` with at least one non-padding id per row, output ``[N, out_dim]``.
+    """
+
+    def __init__(self, vocab_size: int | None = None, out_dim: int = 128, embed_dim: int = 64) -> None:
+        super().__init__()
+        from clbook.data import TEXT_VOCAB_SIZE
+
+        vocab_size = TEXT_VOCAB_SIZE if vocab_size is None else vocab_size
+        vocab_size, out_dim, embed_dim = _sizes(vocab_size=vocab_size, out_dim=out_dim, embed_dim=embed_dim)
+        self.vocab_size, self.out_dim = vocab_size, out_dim
+        self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
+        self.fc = nn.Linear(embed_dim, out_dim)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.dtype != torch.int64:
+            raise ValueError(f"{type(self).__name__} expects int64 word ids [N, L], got "
+                             f"{getattr(ids, 'dtype', type(ids).__name__)} {tuple(getattr(ids, 'shape', ()))}")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
+            raise ValueError(f"word ids must lie in [0, {self.vocab_size}), got [{int(ids.min())}, {int(ids.max())}]")
+        present = (ids != 0).to(self.embed.weight.dtype)  # [N, L]
+        count = present.sum(dim=1, keepdim=True)
+        if bool((count == 0).any()):
+            raise ValueError("every text needs at least one word (a row of ids is all padding)")
+        mean = (self.embed(ids) * present[..., None]).sum(dim=1) / count  # [N, embed_dim]
+        return self.fc(torch.relu(mean))
 
 ENCODERS = {"mlp": MLPEncoder, "cnn": ConvEncoder, "fc": FCEncoder, "notes-mlp": NotesMLP, "notes-cnn": NotesCNN}
 

@@ -426,7 +426,7 @@ def plot_probe(probes: dict[str, LinearProbe], axes=None):
 
 
 def plot_label_efficiency(rows: dict[str, dict], all_labels: dict[str, float] | None = None, metric: str = "linear",
-                          ax=None, reference: str | None = None):
+                          ax=None, reference: str | Sequence[str] | None = None, legend_outside: bool = False):
     """Accuracy against labels per class, one line per encoder (few-label evaluation).
 
     Parameters
@@ -437,8 +437,10 @@ def plot_label_efficiency(rows: dict[str, dict], all_labels: dict[str, float] | 
         Name -> accuracy with every label, drawn as the rightmost point, labelled "all".
     metric : {"linear", "knn"}
     ax : Axes, optional
-    reference : str, optional
-        Names containing this string (e.g. "random") are drawn dashed: the baselines.
+    reference : str or sequence of str, optional
+        Names containing one of these strings (e.g. "random", "pixels") are drawn dashed: the baselines.
+    legend_outside : bool, default False
+        Put the legend to the right of the axes (for many lines).
 
     Returns
     -------
@@ -450,6 +452,8 @@ def plot_label_efficiency(rows: dict[str, dict], all_labels: dict[str, float] | 
         raise ValueError(f"metric must be 'linear' or 'knn', got {metric!r}")
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.4), dpi=90)
+    refs = (reference,) if isinstance(reference, str) else tuple(reference or ())
+    colours = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20")
     sizes = sorted({n for few in rows.values() for n in few})
     positions = {n: i for i, n in enumerate(sizes)}
     for i, (name, few) in enumerate(rows.items()):
@@ -460,12 +464,15 @@ def plot_label_efficiency(rows: dict[str, dict], all_labels: dict[str, float] | 
             xs.append(len(sizes))
             ys.append(100 * all_labels[name])
             es.append(0.0)
-        dashed = reference is not None and reference in name
-        ax.errorbar(xs, ys, yerr=es, color=f"C{i}", ls="--" if dashed else "-", marker="o", ms=3, capsize=2,
-                    label=name)
+        dashed = any(r in name for r in refs)
+        ax.errorbar(xs, ys, yerr=es, color=colours(i % colours.N), ls="--" if dashed else "-", marker="o", ms=3,
+                    capsize=2, label=name)
     ticks = [str(n) for n in sizes] + (["all"] if all_labels else [])
     ax.set_xticks(range(len(ticks)), ticks)
     ax.set(xlabel="labelled examples per class", ylabel=f"{'linear probe' if metric == 'linear' else 'kNN'} accuracy %",
            title="accuracy against labels")
-    ax.legend(fontsize="small", loc="lower right")
+    if legend_outside:
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend(fontsize="small", loc="lower right")
     return ax

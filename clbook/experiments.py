@@ -28,6 +28,7 @@ from clbook.evaluation import LABELS_PER_CLASS, evaluate_few_labels
 from clbook.losses import nt_xent_loss
 from clbook.methods import REGISTRY, Recipe, SwAV, make_method
 from clbook.metrics import alignment, feature_metrics
+from clbook.notes import NOTES_MNIST, NOTES_MNIST_REPORTED, run_notes_mnist
 from clbook.training import History, evaluate_frozen, extract_features, pretrain, set_seed, single_thread
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "combine_seeds",
     "run_iris",
     "run_mnist",
+    "run_notes_rows",
     "reproduce",
     "format_table",
 ]
@@ -133,19 +135,21 @@ class Result:
     samples: int = 0
     few: dict = field(default_factory=dict)
     few_all: dict = field(default_factory=dict)
+    notes_head_acc: float | None = None
 
     def row(self) -> dict:
         """The JSON row.
 
         Keys: dataset, encoder, method, linear_acc, linear_std, knn_acc, knn_std, n_seeds,
-        alignment, uniformity, std, effective_rank, steps, samples, seconds, data, and for every
+        alignment, uniformity, std, effective_rank, steps, samples, seconds, data, notes_head_acc
+        (the lecture notes' own head, on the notes' rows only; None elsewhere), and for every
         size ``n`` of the few-label evaluation ``linear_{n}``, ``linear_{n}_std``, ``knn_{n}``,
         ``knn_{n}_std`` (fractions).
         """
         d = asdict(self)
         out = {k: d[k] for k in ("dataset", "encoder", "method", "linear_acc", "linear_std", "knn_acc", "knn_std",
                                  "n_seeds", "alignment", "uniformity", "std", "effective_rank", "steps", "samples",
-                                 "seconds", "data")}
+                                 "seconds", "data", "notes_head_acc")}
         for n, scores in sorted(self.few.items()):
             for key in ("linear", "linear_std", "knn", "knn_std"):
                 name = key.replace("linear", f"linear_{n}").replace("knn", f"knn_{n}")
@@ -450,9 +454,39 @@ def run_mnist(
     return result, encoder, history
 
 
+def run_notes_rows(split: Split, epochs: int = NOTES_MNIST["epochs"], seed: int = 0, progress: bool = False,
+                   device="auto") -> list[Result]:
+    """The lecture notes' MNIST experiment as two rows: the notes' CNN SupCon-trained their way, and its twin.
+
+    :func:`clbook.notes.run_notes_mnist` with the notes' loss (raw inner products, times the
+    temperature), inputs, batch, optimizer and temperature 10. ``linear_acc`` and ``knn_acc`` are
+    the course's probe and kNN on its features, ``notes_head_acc`` the notes' own head (their
+    reported numbers: :data:`clbook.notes.NOTES_MNIST_REPORTED`). No augmentation, hence no alignment.
+    """
+    start = time.perf_counter()
+    out = run_notes_mnist(split, epochs=epochs, seed=seed, progress=progress, device=device, few_labels=True)
+    rows = []
+    for name in ("supcon", "random"):
+        r = out[name]
+        few = {n: {k: v[k] for k in ("linear", "linear_std", "knn", "knn_std")} for n, v in r["few"].items()}
+        trained = name == "supcon"
+        rows.append(Result("mnist", "notes-cnn", "notes-supcon" if trained else "random", r["linear_acc"], r["knn_acc"],
+                           out["seconds"] if trained else time.perf_counter() - start - out["seconds"], split.source,
+                           linear_all=[r["linear_acc"]], knn_all=[r["knn_acc"]], uniformity=r["uniformity"],
+                           std=r["std"], effective_rank=r["effective_rank"], steps=out["steps"] if trained else 0,
+                           samples=out["samples"] if trained else 0, few=few,
+                           few_all={n: {"linear": [v["linear"]], "knn": [v["knn"]]} for n, v in few.items()},
+                           notes_head_acc=r["notes_head_acc"]))
+    return rows
+
+
 def reproduce(quick: bool = False, progress: bool = False, split: Split | None = None,
               device="auto") -> list[Result]:
     """Run every experiment of the results table.
+
+    Rows: Iris (SupCon and its random twin, 5 seeds), then MNIST: raw pixels, every registered
+    method with a recipe (:data:`MNIST_ROWS`, each encoder followed by its random twin), then
+    the lecture notes' protocol and its twin (:func:`run_notes_rows`, at the notes' 32 epochs).
 
     Parameters
     ----------
@@ -474,6 +508,7 @@ def reproduce(quick: bool = False, progress: bool = False, split: Split | None =
         runs = [run_mnist(kind, method, split, seed=seed, progress=progress, device=device, **overrides)[0]
                 for seed in seeds]
         results.append(combine_seeds(runs))
+    results += run_notes_rows(split, epochs=1 if quick else NOTES_MNIST["epochs"], progress=progress, device=device)
     return results
 
 
@@ -512,4 +547,10 @@ def format_table(results: list[Result]) -> str:
             cells = [pct(r.few[n]["linear"], r.few[n]["linear_std"]) if n in r.few else "-" for n in sizes]
             cells += [pct(r.few[n]["knn"], r.few[n]["knn_std"]) if n in r.few else "-" for n in sizes]
             lines.append(f"{r.dataset:8} {r.encoder:7} {r.method:11} " + " ".join(f"{c:>12}" for c in cells))
+    notes = [r for r in results if r.notes_head_acc is not None]
+    if notes:
+        lines += ["", "The lecture notes' MNIST protocol, scored by the notes' own head (final step) and reported by the notes:"]
+        for r in notes:
+            reported = NOTES_MNIST_REPORTED["random" if r.method == "random" else "supcon"]
+            lines.append(f"  {r.encoder} {r.method:12} this run {100 * r.notes_head_acc:5.2f}   the notes {100 * reported:5.2f}")
     return "\n".join(lines)

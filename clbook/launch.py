@@ -306,17 +306,13 @@ def run_pretrain(args: argparse.Namespace) -> dict:
     return summary
 
 
-def _image_methods() -> dict:
-    """The registered methods this command can train: those with an MNIST recipe (CPC, on sequences, has none)."""
-    return {name: entry for name, entry in REGISTRY.items() if entry.recipes}
-
-
 def _recipe_values(option: str) -> str:
     """``"moco 0.99, byol 0.99"``: the value of ``option`` in each registered method's MNIST recipe that sets it."""
+    recipes = {name: entry.recipes[0] for name, entry in REGISTRY.items() if entry.recipes}
     if option == "temperature":
-        values = {name: entry.recipes[0].temperature for name, entry in _image_methods().items()}
+        values = {name: recipe.temperature for name, recipe in recipes.items()}
     else:
-        values = {name: entry.recipes[0].options.get(option) for name, entry in _image_methods().items()}
+        values = {name: recipe.options.get(option) for name, recipe in recipes.items()}
     return ", ".join(f"{name} {value}" for name, value in values.items() if value is not None)
 
 
@@ -327,7 +323,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     (``--temperature``: each method's recipe), appended by the command's formatter
     (``argparse.ArgumentDefaultsHelpFormatter``) where there is one.
     """
-    parser.add_argument("--method", choices=list(_image_methods()), default="simclr",
+    runnable = [name for name, entry in REGISTRY.items() if entry.recipes]  # notebook 12's methods have none
+    parser.add_argument("--method", choices=runnable, default="simclr",
                         help="the pre-training method; its MNIST recipe (clbook.methods.REGISTRY) sets the "
                              "temperature and options")
     parser.add_argument("--images", metavar="DIR",

@@ -91,8 +91,9 @@ def test_check_images_converts_uint8_like_to_tensor_and_refuses_other_integers()
     for dtype in (torch.int64, torch.bool, torch.int32):
         with pytest.raises(ValueError, match=r"x must hold float images in \[0, 1\] or uint8"):
             check_images("x", torch.zeros(2, 3, dtype=dtype))
-    # torchvision's ToTensor divides by 255 too (checked against it where torchvision is installed).
-    tv = pytest.importorskip("torchvision.transforms")
+    # torchvision's ToTensor divides by 255 too (torchvision is one of clbook's dependencies).
+    import torchvision.transforms as tv
+
     img = x[0, 0].numpy()  # [28, 28] uint8
     assert torch.equal(tv.ToTensor()(img), check_images("x", x[0]))
 

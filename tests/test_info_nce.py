@@ -63,9 +63,9 @@ def test_logit_layout_positive_in_column_zero():
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_matches_lightly_ntxent_with_memory_bank(seed):
+def test_matches_lightly_ntxent_with_memory_bank(seed, peer):
     """lightly's bank holds earlier keys; its loss on (out0, out1) is InfoNCE with that bank as negatives."""
-    from lightly.loss import NTXentLoss as LightlyNTXent
+    LightlyNTXent = peer("lightly.loss", "lightly").NTXentLoss
 
     torch.manual_seed(seed)  # lightly fills its bank with random unit vectors from the global generator
     bank_size, dim, batch, t = 24, 8, 6, (0.1, 0.2, 0.5, 0.07)[seed]
@@ -84,14 +84,12 @@ def test_matches_lightly_ntxent_with_memory_bank(seed):
         # The gradient with respect to out0 agrees too.
         ours.backward()
         ref0 = out0.detach().float().requires_grad_()
-        lightly_fixed = _lightly_with_bank(bank.float(), t)
+        lightly_fixed = _lightly_with_bank(LightlyNTXent, bank.float(), t)
         lightly_fixed(ref0, out1.float()).backward()
         torch.testing.assert_close(out0.grad.float(), ref0.grad, rtol=1e-4, atol=1e-6)
 
 
-def _lightly_with_bank(bank, t):
-    from lightly.loss import NTXentLoss as LightlyNTXent
-
+def _lightly_with_bank(LightlyNTXent, bank, t):
     loss = LightlyNTXent(temperature=t, memory_bank_size=tuple(bank.shape))
     loss.memory_bank.bank.copy_(bank)
     return loss

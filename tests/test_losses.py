@@ -12,7 +12,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from pytorch_metric_learning import losses as pml
 
 import clbook.losses.nt_xent
 import clbook.losses.supcon
@@ -162,7 +161,8 @@ def test_nt_xent_matches_loop_and_cross_entropy(seed):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_nt_xent_matches_pytorch_metric_learning(seed):
+def test_nt_xent_matches_pytorch_metric_learning(seed, peer):
+    pml = peer("pytorch_metric_learning.losses", "pytorch-metric-learning")
     g, n, d, t = random_case(seed)
     n = max(n, 2)
     z1, z2 = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
@@ -250,7 +250,8 @@ def test_supcon_matches_supcontrast_reference(seed):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_supcon_matches_pytorch_metric_learning(seed):
+def test_supcon_matches_pytorch_metric_learning(seed, peer):
+    pml = peer("pytorch_metric_learning.losses", "pytorch-metric-learning")
     g, n, d, t = random_case(seed, max_n=16)
     # Every anchor needs a positive (pml averages only over anchors with a non-zero loss) and
     # a negative (pml returns 0 for a batch with no negative pair at all).

@@ -65,8 +65,8 @@ def test_queue_fills_then_wraps_around_oldest_first():
     torch.testing.assert_close(q.features().norm(dim=1), torch.ones(5))  # stored normalized
 
 
-def test_queue_agrees_with_lightly_bank_when_batch_divides_size():
-    from lightly.models.modules.memory_bank import MemoryBankModule
+def test_queue_agrees_with_lightly_bank_when_batch_divides_size(peer):
+    MemoryBankModule = peer("lightly.models.modules.memory_bank", "lightly").MemoryBankModule
 
     lightly_bank = MemoryBankModule(size=(12, 4), feature_dim_first=False)
     ours = FeatureQueue(12, 4)

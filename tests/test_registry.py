@@ -55,7 +55,8 @@ def test_recipes_are_the_experiments_tables():
         assert set(cfg.get("method_options", {})) <= set(accepted)
     # Every reproduce row has its random twin after it, with as many seeds as the longest row it meets.
     rows = clbook.experiments.MNIST_ROWS
-    for kind in {k for k, _ in rows}:
+    assert rows[0] == clbook.experiments.PIXELS  # raw pixels first: the baseline with nothing learned
+    for kind in {k for k, _ in rows[1:]}:
         twin = rows.index((kind, "random"))
         assert all(rows.index(key) < twin for key in rows if key[0] == kind and key[1] != "random")
 

@@ -13,7 +13,7 @@ from clbook.data import Split, load_shipped_mnist
 from clbook.experiments import Result, format_table
 
 KEYS = {"dataset", "encoder", "method", "linear_acc", "linear_std", "knn_acc", "knn_std", "n_seeds", "alignment",
-        "uniformity", "std", "effective_rank", "steps", "samples", "seconds", "data"}
+        "uniformity", "std", "effective_rank", "steps", "samples", "seconds", "data", "notes_head_acc"}
 
 
 def few_keys(sizes) -> set[str]:
@@ -33,13 +33,16 @@ def small_mnist(monkeypatch):
 
 def test_reproduce_quick_writes_json_rows(small_mnist, tmp_path, capsys):
     out = tmp_path / "results.json"
-    assert main(["reproduce", "--quick", "--json", str(out)]) == 0
+    plot = tmp_path / "few.png"
+    assert main(["reproduce", "--quick", "--json", str(out), "--plot", str(plot)]) == 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the few-label figure was drawn
     rows = json.loads(out.read_text())
     got = [(r["dataset"], r["encoder"], r["method"]) for r in rows]
     # The rows follow the registry (clbook.methods.REGISTRY): per encoder its methods, then its twin.
     assert got == [("iris", "mlp", "supcon"), ("iris", "mlp", "random"),
-                   *(("mnist", kind, method) for kind, method in experiments.MNIST_ROWS)]
-    assert set(got[2:]) == {
+                   *(("mnist", kind, method) for kind, method in experiments.MNIST_ROWS),
+                   ("mnist", "notes-cnn", "notes-supcon"), ("mnist", "notes-cnn", "random")]
+    assert set(got[2:-2]) == {
         ("mnist", "pixels", "raw"), ("mnist", "cnn", "supcon"), ("mnist", "cnn", "simclr"), ("mnist", "cnn", "random"),
         ("mnist", "fc", "supcon"), ("mnist", "fc", "random"), ("mnist", "cnn", "moco"),
         ("mnist", "cnn", "simsiam"), ("mnist", "cnn", "byol"), ("mnist", "cnn", "swav"),
@@ -56,13 +59,18 @@ def test_reproduce_quick_writes_json_rows(small_mnist, tmp_path, capsys):
         assert 0.0 <= r["linear_acc"] <= 1.0 and 0.0 <= r["knn_acc"] <= 1.0
         assert r["seconds"] > 0 and math.isfinite(r["seconds"])
         assert r["uniformity"] <= 0  # log of a mean of exp(-t d^2) <= 1
-        if r["dataset"] == "mnist":  # positive pairs need an augmentation: none for Iris
+        # The notes' head scores the notes' rows only; the notes' protocol has no augmentation.
+        assert (r["notes_head_acc"] is not None) == (r["encoder"] == "notes-cnn")
+        if r["encoder"] == "notes-cnn":
+            assert 0.0 <= r["notes_head_acc"] <= 1.0 and r["alignment"] is None
+        elif r["dataset"] == "mnist":  # positive pairs need an augmentation: none for Iris
             assert 0 <= r["alignment"] <= 4
         else:
             assert r["alignment"] is None
     assert {r["data"] for r in rows if r["dataset"] == "mnist"} == {"mnist-t10k-shipped"}
     printed = capsys.readouterr().out
-    assert "linear %" in printed and printed.count("mnist-t10k-shipped") == 10
+    assert "linear %" in printed and printed.count("mnist-t10k-shipped") == 12
+    assert "the notes 98.89" in printed and "the notes 88.36" in printed
     assert "linear@10" in printed and "kNN@10" in printed
     assert "align" in printed and "unif" in printed
 
@@ -132,3 +140,11 @@ def test_reproduce_refuses_a_bad_argument_in_one_line_and_creates_nothing(args, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("python -m clbook reproduce: error: ") and message in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_plot_path_checked_before_the_run(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reproduce", "--quick", "--plot", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--plot" in err and "is a directory" in err

@@ -92,8 +92,8 @@ def test_half_precision_input_is_computed_in_float32():
     np.testing.assert_allclose(Q.float().numpy(), sinkhorn_knopp(S.half().float(), 0.05, 3).numpy(), atol=2e-3)
 
 
-def test_agrees_with_pot_at_convergence():
-    ot = pytest.importorskip("ot")
+def test_agrees_with_pot_at_convergence(peer):
+    ot = peer("ot", "pot")
     S = cosine_scores(50, 6, seed=5).double().numpy()
     B, K = S.shape
     epsilon = 0.1

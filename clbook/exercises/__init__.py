@@ -47,6 +47,9 @@ key       checker                                  module              the learn
 11.1      :data:`.check_cpc_step_loss`             nb11_cpc            CPC's InfoNCE of one step, batch negatives
 11.2      :data:`.check_cpc_mi_bound`              nb11_cpc            the bound log N_k - L_k of every step
 11.3      :data:`.check_cpc_sequence_loss`         nb11_cpc            the same, negatives from one sequence only
+12.1      :data:`.check_multiview_loss`            nb12_cmc_clip       CMC's loss, core pairs or the full graph
+12.2      :data:`.check_clip_loss`                 nb12_cmc_clip       CLIP's symmetric loss with a learned scale
+12.3      :data:`.check_prompt_ensemble`           nb12_cmc_clip       zero-shot classes from a prompt ensemble
 ========  =======================================  ==================  ===========================================
 
 To add a checker to notebook NN, write it in ``clbook/exercises/nbNN_<topic>.py`` (a new notebook
@@ -73,6 +76,7 @@ from clbook.exercises.nb07_moco import check_info_nce_queue, check_enqueue, chec
 from clbook.exercises.nb08_collapse import check_alignment_uniformity, check_simsiam_loss, check_effective_rank
 from clbook.exercises.nb09_swav import check_sinkhorn, check_swav_loss
 from clbook.exercises.nb11_cpc import check_cpc_mi_bound, check_cpc_sequence_loss, check_cpc_step_loss
+from clbook.exercises.nb12_cmc_clip import check_multiview_loss, check_clip_loss, check_prompt_ensemble
 
 __all__ = [
     "Case",
@@ -108,4 +112,7 @@ __all__ = [
     "check_cpc_step_loss",
     "check_cpc_mi_bound",
     "check_cpc_sequence_loss",
+    "check_multiview_loss",
+    "check_clip_loss",
+    "check_prompt_ensemble",
 ]

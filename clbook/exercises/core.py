@@ -33,19 +33,57 @@ Cases are built lazily (on the first check), so importing a checker costs nothin
 :class:`Mistake` is a typical wrong answer: when the learner's output matches it, its hint is
 shown instead of the case's or the exercise's. ``check_my_loss(fn)`` prints the verdict;
 ``check_my_loss.run(fn)`` returns it as a :class:`Verdict` without printing (for tests).
+
+An exercise's rules are held while the learner's function runs, not only its numbers:
+
+* ``forbidden=("clbook.losses.nt_xent_loss", "stable_nt_xent")``: what the learner is meant to write
+  is unavailable. A dotted name is a library function (``clbook``'s or torch's); it is swapped, in its
+  module, in every ``clbook`` module that re-exports it and under any name in the learner's
+  namespace (``from clbook.losses import nt_xent_loss as f`` included), for a stand-in that says
+  "write it yourself". A bare name is the notebook's own finished version, looked up in the
+  namespace the learner's function was defined in (its ``__globals__``: the notebook's). The
+  checker computes its expected values first, swaps the names only while the learner's function
+  runs, and puts everything back afterwards, also when the function raises.
+* ``no_autograd=True``: "without autograd". The learner's function runs under
+  :func:`torch.no_grad` on inputs that do not require gradients, and torch's autograd entry points
+  (:data:`AUTOGRAD`) are forbidden as above, so an autograd answer fails with a clear message.
+  (Not for checkers whose cases differentiate the answer with a gradient probe.)
+
+Hints point to the section to reread and do not state the formula; a hint that names no section
+(no "reread", no "§") gets "; reread <the exercise's section>" added when the checker is built.
+
+The checker's own functions (its reference and its registered mistakes) run as they are: the tests
+run them through :meth:`Exercise.run`, and :meth:`Exercise._diagnose` compares with them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import sys
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
-__all__ = ["Case", "Mistake", "Verdict", "Exercise", "EXERCISES", "exercise"]
+__all__ = ["Case", "Mistake", "Verdict", "Exercise", "EXERCISES", "exercise", "AUTOGRAD"]
+
+#: torch's autograd entry points, forbidden in every ``no_autograd`` exercise.
+AUTOGRAD: tuple[str, ...] = (
+    "torch.autograd.grad",
+    "torch.autograd.backward",
+    "torch.Tensor.backward",
+    "torch.autograd.functional.jacobian",
+    "torch.autograd.functional.vjp",
+    "torch.func.grad",
+    "torch.func.grad_and_value",
+    "torch.func.vjp",
+    "torch.func.jacrev",
+    "torch.func.jacfwd",
+)
 
 
 # ----------------------------------------------------------------------------- cases, mistakes and verdicts
@@ -213,6 +251,172 @@ def _call(fn: Callable, args: tuple, kwargs: dict) -> Any:
     return fn(*args, **kwargs)
 
 
+# ----------------------------------------------------------------------------- the rules: forbidden names, no autograd
+
+
+class _Forbidden(Exception):
+    """Raised by a stand-in: the learner's function used a name that its exercise forbids."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name} is unavailable in this exercise: write it yourself")
+        self.name = name
+
+
+def _resolve(dotted: str) -> tuple[Any, str, Any] | None:
+    """``(owner, attribute, value)`` of an already imported dotted name, or None if there is none.
+
+    The owner is a module or a class (``torch.Tensor.backward``); nothing is imported here.
+    """
+    parts = dotted.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        owner = sys.modules.get(".".join(parts[:i]))
+        if owner is not None:
+            break
+    else:
+        return None
+    for part in parts[i:-1]:
+        owner = getattr(owner, part, None)
+        if owner is None:
+            return None
+    if not hasattr(owner, parts[-1]):
+        return None
+    return owner, parts[-1], getattr(owner, parts[-1])
+
+
+def _unwrap(fn: Any) -> Any:
+    """The plain function behind a bound method or a :func:`functools.partial` (for its globals)."""
+    for _ in range(8):
+        inner = getattr(fn, "__func__", None) or getattr(fn, "func", None)
+        if inner is None or inner is fn:
+            break
+        fn = inner
+    return fn
+
+
+class _Rules:
+    """The swaps of one check: built once per :meth:`Exercise.run`, applied around each call of the answer.
+
+    ``targets`` holds ``(kind, where, name, original, label)``: ``kind`` is ``"attr"`` (a module's or
+    class's attribute), ``"item"`` (a name in the learner's namespace) or ``"cell"`` (a variable the
+    learner's function closes over). ``used`` collects the labels of the stand-ins that were called,
+    so that an answer which swallows the stand-in's exception is caught all the same.
+    """
+
+    def __init__(self, exercise: "Exercise", answer: Callable) -> None:
+        self.no_autograd = exercise.no_autograd
+        self.used: list[str] = []
+        self.targets: list[tuple[str, Any, Any, Any, str]] = []
+        names = list(exercise.forbidden) + (list(AUTOGRAD) if exercise.no_autograd else [])
+        banned: dict[int, tuple[Any, str]] = {}  # id(object) -> (object, its dotted name)
+        for name in names:
+            if "." not in name:
+                continue
+            found = _resolve(name)
+            if found is None:  # not installed (an older torch, say): nothing to forbid
+                continue
+            owner, attr, value = found
+            banned.setdefault(id(value), (value, name))
+            self.targets.append(("attr", owner, attr, owner.__dict__.get(attr, _ABSENT)
+                                 if isinstance(owner, type) else value, name))
+        # Re-exports: every clbook module (the checkers' own excepted) that holds a forbidden object.
+        for module_name, module in list(sys.modules.items()):
+            if module is None or not (module_name == "clbook" or module_name.startswith("clbook.")):
+                continue
+            if module_name.startswith("clbook.exercises"):
+                continue
+            for attr, value in list(vars(module).items()):
+                if id(value) in banned and banned[id(value)][0] is value:
+                    self.targets.append(("attr", module, attr, value, banned[id(value)][1]))
+        # The learner's namespace: forbidden objects under any name, and the notebook's own versions.
+        fn = _unwrap(answer)
+        namespace = getattr(fn, "__globals__", None)
+        if isinstance(namespace, dict):
+            for key, value in list(namespace.items()):
+                if value is answer or value is fn:
+                    continue
+                if id(value) in banned and banned[id(value)][0] is value:
+                    self.targets.append(("item", namespace, key, value, banned[id(value)][1]))
+                elif key in exercise.forbidden:
+                    self.targets.append(("item", namespace, key, value, f"`{key}`, the notebook's own version,"))
+        for cell in getattr(fn, "__closure__", None) or ():
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            if id(value) in banned and banned[id(value)][0] is value:
+                self.targets.append(("cell", cell, None, value, banned[id(value)][1]))
+        self.banned = banned
+        self._dedupe()
+
+    def _stand_in(self, label: str) -> Callable:
+        used = self.used
+
+        def write_it_yourself(*args: Any, **kwargs: Any) -> Any:
+            used.append(label)
+            raise _Forbidden(label)
+
+        write_it_yourself.__name__ = "write_it_yourself"
+        return write_it_yourself
+
+    def _dedupe(self) -> None:
+        seen, kept = set(), []
+        for target in self.targets:
+            where = (target[0], id(target[1]), target[2])
+            if where not in seen:
+                seen.add(where)
+                kept.append(target)
+        self.targets = kept
+
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """Swap every target for its stand-in (and disable gradients if asked); undo it all on exit."""
+        with ExitStack() as stack:
+            for kind, where, name, original, label in self.targets:
+                stand_in = self._stand_in(label)
+                if kind == "attr":
+                    setattr(where, name, stand_in)
+                    stack.callback(_restore_attr, where, name, original)
+                elif kind == "item":
+                    where[name] = stand_in
+                    stack.callback(where.__setitem__, name, original)
+                else:
+                    where.cell_contents = stand_in
+                    stack.callback(setattr, where, "cell_contents", original)
+            if self.no_autograd:
+                stack.enter_context(torch.no_grad())
+            yield
+
+    def guard(self, answer: Callable) -> Callable:
+        """``answer``, run with the rules applied."""
+
+        entry = self.banned.get(id(_unwrap(answer)))
+        if entry is not None and entry[0] is _unwrap(answer):  # the forbidden function itself, passed as the answer
+            answer = self._stand_in(entry[1])
+
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            with self.applied():
+                return answer(*args, **kwargs)
+
+        return guarded
+
+
+_ABSENT = object()
+
+
+def _restore_attr(owner: Any, name: str, original: Any) -> None:
+    if original is _ABSENT:  # a class attribute that came from a base class: remove the override
+        delattr(owner, name)
+    else:
+        setattr(owner, name, original)
+
+
+def _is_autograd_error(err: Exception) -> bool:
+    """Whether ``err`` is what autograd raises when gradients are disabled."""
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("does not require grad" in text or "grad_fn" in text)
+
+
+
 # ----------------------------------------------------------------------------- the checker and its registry
 
 
@@ -240,6 +444,13 @@ class Exercise:
         ``((clbook.metrics, "alignment"),)``. If one is missing, :meth:`run` returns an
         ``"unavailable"`` verdict naming it (``clbook.metrics.alignment``) instead of checking.
         The course's checkers import what they use, so they need none.
+    forbidden : tuple of str, optional
+        What the learner is meant to write, unavailable while the learner's function runs: dotted
+        library names (``"clbook.losses.nt_xent_loss"``) and bare names of the notebook's own
+        finished versions (``"stable_nt_xent"``). See the module's docstring.
+    no_autograd : bool
+        Run the learner's function with gradients disabled and torch's autograd forbidden
+        (:data:`AUTOGRAD`), for exercises that say "without autograd".
     """
 
     def __init__(
@@ -253,11 +464,17 @@ class Exercise:
         rtol: float = 1e-4,
         atol: float = 1e-6,
         requires: tuple[tuple[ModuleType, str], ...] = (),
+        forbidden: tuple[str, ...] = (),
+        no_autograd: bool = False,
     ) -> None:
+        if isinstance(forbidden, str):
+            raise TypeError("forbidden must be a tuple of names, not one string")
         self.key, self.title, self.section = key, title, section
+        self.forbidden, self.no_autograd = tuple(forbidden), bool(no_autograd)
         self.requires = tuple(requires)
         self.reference, self._make_cases = reference, cases
-        self.mistakes = list(mistakes or [])
+        # Every hint names the section to reread: a hint that does not gets the exercise's section.
+        self.mistakes = [Mistake(m.function, self._pointed(m.hint)) for m in mistakes or []]
         self.rtol, self.atol = rtol, atol
         self._cases: list[Case] | None = None
         self.__doc__ = f"Checker of exercise {key}: {title} (reread {section})."
@@ -266,8 +483,13 @@ class Exercise:
     def cases(self) -> list[Case]:
         """The cases, built on first use."""
         if self._cases is None:
-            self._cases = self._make_cases()
+            self._cases = [c if c.hint is None else dataclasses.replace(c, hint=self._pointed(c.hint))
+                           for c in self._make_cases()]
         return self._cases
+
+    def _pointed(self, hint: str) -> str:
+        """``hint``, with "; reread <the exercise's section>" added unless it already names a section."""
+        return hint if ("reread" in hint or "§" in hint) else f"{hint}; reread {self.section}"
 
     def __repr__(self) -> str:
         return f"<checker of exercise {self.key}: {self.title}>"
@@ -296,29 +518,57 @@ class Exercise:
         if not callable(answer):
             return self._fail(head, None, f"expected a function, got {type(answer).__name__}",
                               "pass the function itself, without calling it: check(my_function)")
+        # The checker's own functions run as they are; a learner's runs under the exercise's rules.
+        own = answer is self.reference or any(answer is m.function for m in self.mistakes)
+        rules = None if own else _Rules(self, answer)
         for case in self.cases:
             probe = case.probe or _call
             rtol = self.rtol if case.rtol is None else case.rtol
             atol = self.atol if case.atol is None else case.atol
+            # Expected values first: the rules below make the names the reference uses unavailable.
+            expected = (case.expected or (lambda a, k: probe(self.reference, a, k)))(_copy(case.args), _copy(case.kwargs))
             args, kwargs = _copy(case.args), _copy(case.kwargs)
+            if rules is not None:
+                rules.used.clear()
             try:
-                got = probe(answer, args, kwargs)
+                got = probe(answer if rules is None else rules.guard(answer), args, kwargs)
             except NotImplementedError:
                 return Verdict(self.key, "not attempted",
                                f"[not attempted yet] {head}: the function still raises NotImplementedError. "
                                "Replace the `raise` line with your code, then run the cell again.")
             except Exception as err:  # the learner's bug, reported in one line, not a traceback
+                broken = self._rule_broken(head, case, rules, err)
+                if broken is not None:
+                    return broken
                 return self._fail(head, case, f"raised {type(err).__name__}: {_short(err)}", case.hint)
+            broken = self._rule_broken(head, case, rules, None)
+            if broken is not None:  # a stand-in was called, and the answer swallowed its exception
+                return broken
             if not _same(args, case.args) or not _same(kwargs, case.kwargs):
                 return self._fail(head, case, "the function changed its input in place",
                                   "work on copies (or out-of-place operations): a loss must not modify its arguments")
-            expected = (case.expected or (lambda a, k: probe(self.reference, a, k)))(_copy(case.args), _copy(case.kwargs))
             try:
                 _compare(expected, got, rtol, atol)
             except _Disagreement as diff:
                 return self._fail(head, case, str(diff), self._diagnose(case, got, rtol, atol))
         n = len(self.cases)
         return Verdict(self.key, "pass", f"[pass] {head}: {n} input{'s' * (n != 1)} checked, all correct.")
+
+    def _rule_broken(self, head: str, case: Case, rules: "_Rules | None", err: Exception | None) -> Verdict | None:
+        """The failing verdict when the answer broke one of the exercise's rules, else None."""
+        if rules is None:
+            return None
+        label = rules.used[0] if rules.used else (err.name if isinstance(err, _Forbidden) else None)
+        if label is not None and label in AUTOGRAD:
+            return self._fail(head, case, f"the function uses autograd ({label})",
+                              f"this exercise is without autograd: derive the gradient on paper; reread {self.section}")
+        if label is not None:
+            return self._fail(head, case, f"the function calls {label.rstrip(',')}, which this exercise asks you to write",
+                              f"write it yourself, with torch operations; reread {self.section}")
+        if err is not None and rules.no_autograd and _is_autograd_error(err):
+            return self._fail(head, case, "the function used autograd, which is disabled here",
+                              f"this exercise is without autograd: derive the gradient on paper; reread {self.section}")
+        return None
 
     def _diagnose(self, case: Case, got: Any, rtol: float, atol: float) -> str | None:
         probe = case.probe or _call
@@ -357,6 +607,8 @@ def exercise(
     rtol: float = 1e-4,
     atol: float = 1e-6,
     requires: tuple[tuple[ModuleType, str], ...] = (),
+    forbidden: tuple[str, ...] = (),
+    no_autograd: bool = False,
 ) -> Exercise:
     """Create an :class:`Exercise`, register it in :data:`~clbook.exercises.core.EXERCISES` under ``key``, return it.
 
@@ -364,7 +616,8 @@ def exercise(
     """
     if key in EXERCISES:
         raise ValueError(f"exercise {key!r} is already registered")
-    EXERCISES[key] = Exercise(key, title, section, reference, cases, mistakes, rtol, atol, requires)
+    EXERCISES[key] = Exercise(key, title, section, reference, cases, mistakes, rtol, atol, requires,
+                              forbidden, no_autograd)
     return EXERCISES[key]
 
 

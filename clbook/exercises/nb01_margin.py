@@ -3,7 +3,7 @@
 The notebook is ``notebooks/01_spring_margin_loss.ipynb``; its checked exercises:
 
 * 01.1: :data:`check_drlim_other_convention`, DrLIM's loss with ``y = 1`` for similar pairs.
-* 01.2: :data:`check_drlim_force`, the force ``-dE/dD`` of one pair.
+* 01.2: :data:`check_drlim_force`, the force ``-dE/dD`` of one pair, without autograd.
 * 01.3: :data:`check_triplet_loss`, the triplet loss.
 
 Importing this module registers each checker under its key in
@@ -51,11 +51,12 @@ check_drlim_other_convention = exercise(
     "01.1", "DrLIM loss with y = 1 for similar pairs", "01 §2 (two different springs)",
     reference=_drlim_other_reference,
     cases=_drlim_cases,
+    forbidden=("clbook.losses.margin_contrastive_loss", "clbook.losses.MarginContrastiveLoss"),
     mistakes=[
         Mistake(lambda x1, x2, y, margin=1.0: margin_contrastive_loss(x1, x2, y, margin),
                 "this is clbook's convention (y = 0 similar); here y = 1 means similar: reread 01 §6 (the label trap)"),
         Mistake(lambda x1, x2, y, margin=1.0: 2 * margin_contrastive_loss(x1, x2, 1 - y, margin),
-                "each spring stores one half k x^2: reread 01 §1-2 (the factor 1/2)"),
+                "the energy is twice too large: reread 01 §1-2 (the energy stored in a spring)"),
         Mistake(lambda x1, x2, y, margin=1.0: margin_contrastive_loss(x1, x2, 1 - y, margin) * len(y),
                 "the batch loss is the mean over pairs, not the sum: reread 01 §2"),
     ],
@@ -84,15 +85,22 @@ check_drlim_force = exercise(
     "01.2", "force of the DrLIM springs", "01 §2-3 (energy and force against distance)",
     reference=_drlim_force_reference,
     cases=_drlim_force_cases,
+    forbidden=("clbook.losses.margin_contrastive_loss", "clbook.losses.MarginContrastiveLoss", "energy_and_force"),
+    no_autograd=True,
     mistakes=[
         Mistake(lambda d, y, margin=1.0: -_drlim_force_reference(d, y, margin),
-                "the force is minus the derivative of the energy: reread 01 §1 (F = -dE/dx)"),
+                "the sign of the force: reread 01 §1 (force and energy)"),
         Mistake(lambda d, y, margin=1.0: torch.where(y == 0, -d, margin - d),
-                "the repulsive spring lets go at the margin, its force is 0 beyond it: reread 01 §2"),
+                "the repulsive spring lets go at the margin: reread 01 §2 (what happens beyond it)"),
         Mistake(lambda d, y, margin=1.0: torch.where(y == 1, -d, (margin - d).clamp(min=0)),
                 "y = 0 is the similar pair (clbook's convention): reread 01 §6"),
     ],
 )
+
+
+def _triplet_reference(anchor, positive, negative, margin=1.0):
+    # A wrapper, not clbook's function itself: passing triplet_margin_loss as the answer must not count as the reference.
+    return triplet_margin_loss(anchor, positive, negative, margin)
 
 
 def _triplet_cases() -> list[Case]:
@@ -114,8 +122,10 @@ def _triplet_cases() -> list[Case]:
 #: 01.3: the triplet loss ``mean max(0, m + d(a, p) - d(a, n))``.
 check_triplet_loss = exercise(
     "01.3", "triplet loss", "01 §5 (the same with the triplet loss)",
-    reference=triplet_margin_loss,
+    reference=_triplet_reference,
     cases=_triplet_cases,
+    forbidden=("clbook.losses.triplet_margin_loss", "clbook.losses.TripletMarginLoss",
+               "torch.nn.functional.triplet_margin_loss", "torch.nn.functional.triplet_margin_with_distance_loss"),
     mistakes=[
         Mistake(lambda a, p, n, margin=1.0: F.relu(margin + (a - p).pow(2).sum(1) - (a - n).pow(2).sum(1)).mean(),
                 "the distances are Euclidean, not squared: reread 01 §5"),

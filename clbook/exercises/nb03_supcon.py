@@ -4,7 +4,7 @@ The notebook is ``notebooks/03_supcon_toy_batch.ipynb``; its checked exercises:
 
 * 03.1: :data:`check_supcon_out`, SupCon L_out, anchors without positives left out.
 * 03.2: :data:`check_supcon_in`, SupCon L_in (the mean inside the log).
-* 03.3: :data:`check_supcon_pair_weighted`, the lecture notes' pair-weighted form.
+* 03.3: :data:`check_supcon_pair_weighted`, the pair-weighted form of the notes' worked example.
 
 Importing this module registers each checker under its key in
 :data:`~clbook.exercises.core.EXERCISES`; :mod:`clbook.exercises.core` says how a checker works.
@@ -37,7 +37,7 @@ def _log_fractions(z, labels, tau):
 
 
 def _supcon_pair_reference(z, labels, tau):
-    # The lecture notes' form: a flat mean of -log F_ip over every (anchor, positive) pair.
+    # The notes' worked example (its hard-coded /6): a flat mean of -log F_ip over every (anchor, positive) pair.
     log_f, pos = _log_fractions(z, labels, tau)
     return -log_f[pos].mean()
 
@@ -81,12 +81,13 @@ check_supcon_out = exercise(
     "03.1", "SupCon L_out, anchors without positives left out", _SUPCON_SECTION,
     reference=_supcon_out_reference,
     cases=_supcon_cases,
+    forbidden=("clbook.losses.supcon_loss", "clbook.losses.SupConLoss", "clbook.reference.supcontrast_loss", "supcon_two_ways"),
     mistakes=[
         Mistake(_supcon_zero_counted,
                 "an anchor without positives counts 0 here, which rescales the loss (the SupContrast "
                 "reference does that); leave it out of the mean instead: reread 03 step 9"),
         Mistake(_supcon_pair_reference,
-                "that is the pair-weighted form of the lecture notes; L_out averages over each anchor's own "
+                "that is the pair-weighted form of the notes' worked example; L_out averages over each anchor's own "
                 "positives first, then over anchors: reread 03 'Another road to 2.4826'"),
         Mistake(_supcon_in_reference,
                 "the mean over positives goes outside the log in L_out (inside is L_in): reread 03 "
@@ -101,6 +102,7 @@ check_supcon_in = exercise(
     "03.2", "SupCon L_in", "03 'L_out against L_in'",
     reference=_supcon_in_reference,
     cases=_supcon_cases,
+    forbidden=("clbook.losses.supcon_loss", "clbook.losses.SupConLoss", "clbook.reference.supcontrast_loss"),
     mistakes=[
         Mistake(_supcon_out_reference,
                 "that is L_out; L_in takes -log of the mean fraction F_ip over the positives: reread 03 "
@@ -111,11 +113,12 @@ check_supcon_in = exercise(
     ],
 )
 
-#: 03.3: the lecture notes' pair-weighted form, a flat mean over all (anchor, positive) pairs.
+#: 03.3: the pair-weighted form of the notes' worked example, a flat mean over all (anchor, positive) pairs.
 check_supcon_pair_weighted = exercise(
-    "03.3", "SupCon, the pair-weighted form", "03 'Another road to 2.4826: the lecture notes' pair-weighted form'",
+    "03.3", "SupCon, the pair-weighted form", "03 'Another road to 2.4826'",
     reference=_supcon_pair_reference,
     cases=_supcon_cases,
+    forbidden=("clbook.losses.supcon_loss", "clbook.losses.SupConLoss", "clbook.reference.supcontrast_loss", "supcon_two_ways"),
     mistakes=[
         Mistake(_supcon_out_reference,
                 "that is the anchor-weighted L_out; the pair-weighted form divides every anchor's summed "

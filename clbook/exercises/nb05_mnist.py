@@ -53,6 +53,7 @@ check_knn_predict = exercise(
     "05.1", "kNN by cosine similarity, majority vote", "05 'Baselines first' (kNN on frozen features)",
     reference=_knn_reference,
     cases=_knn_cases,
+    forbidden=("clbook.evaluation.knn_predict",),
     mistakes=[
         Mistake(_knn_l2, "the neighbours are found by cosine similarity, not Euclidean distance"),
         Mistake(lambda x, y, q, k: F.one_hot(y[(F.normalize(q, dim=1) @ F.normalize(x, dim=1).T).topk(k, largest=False).indices],
@@ -92,6 +93,7 @@ check_probe_step = exercise(
     "05.2", "one linear-probe step", "05 'Baselines first' (the linear probe) and 02 §7.2 (softmax gradient)",
     reference=_probe_step_reference,
     cases=_probe_step_cases,
+    no_autograd=True,
     mistakes=[
         Mistake(lambda W, b, x, y, lr: _probe_step_reference(W, b, x, y, -lr),
                 "a gradient step goes *down* the gradient: subtract lr times it"),

@@ -69,9 +69,10 @@ check_em_step = exercise(
     "06.1", "one EM step", "06 §2 (EM from the Q-function: E-step, then M-step)",
     reference=_em_step_reference,
     cases=_em_cases,
+    forbidden=("clbook.cluster.gmm_e_step", "clbook.cluster.gmm_m_step", "clbook.cluster.gmm_em"),
     mistakes=[
         Mistake(_em_means_over_n,
-                "a mean is divided by the soft count N_j = sum_i r_ij, not by n: reread 06 §2 (M-step, means)"),
+                "a component's mean is divided by its soft count, not by n: reread 06 §2 (M-step, means)"),
         Mistake(_em_old_means,
                 "the covariance is the scatter about the new means: reread 06 §2 (M-step, covariances)"),
         Mistake(lambda X, w, mu, cov, reg_covar=1e-6: _em_step_reference(X, w, mu, cov, 0.0),
@@ -115,10 +116,11 @@ check_gmm_bic = exercise(
     cases=_bic_cases,
     mistakes=[
         Mistake(_bic_mean_loglik,
-                "log_likelihood_history holds the mean per point; the BIC needs the total, n times it"),
+                "log_likelihood_history holds the mean per point; the BIC needs the total: reread the "
+                "exercise's definition"),
         Mistake(_bic_params_full,
-                "count free parameters: the weights sum to one (k - 1), and a symmetric d x d covariance "
-                "has d (d + 1) / 2 of them"),
+                "count only the free parameters: the weights are tied by their sum, and a covariance matrix "
+                "is symmetric; reread the exercise's definition of p"),
     ],
     rtol=1e-8, atol=1e-6,
 )

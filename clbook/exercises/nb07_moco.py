@@ -59,12 +59,12 @@ check_info_nce_queue = exercise(
     "07.1", "InfoNCE with a queue of negatives", "07 §3 (MoCo: a queue and a momentum encoder)",
     reference=_info_nce_reference,
     cases=_info_nce_cases,
+    forbidden=("clbook.losses.info_nce_loss", "clbook.losses.InfoNCELoss"),
     mistakes=[
         Mistake(_info_nce_positive_left_out,
-                "the positive belongs in its own denominator: logits [N, 1 + K] with the positive in column 0; "
-                "reread 07 §1"),
+                "the positive belongs in its own denominator: reread 07 §1"),
         Mistake(lambda q, k, n, tau: _info_nce_reference(q, k, n, 1.0),
-                "divide the similarities by the temperature"),
+                "the temperature is missing: reread 07 §3"),
         Mistake(_info_nce_with_batch,
                 "the negatives are the queue's rows only (the other keys of the batch are not among them here)"),
     ],
@@ -116,6 +116,7 @@ check_enqueue = exercise(
     "07.2", "the queue's FIFO enqueue", "07 §3 (MoCo: a queue and a momentum encoder)",
     reference=_enqueue_reference,
     cases=_enqueue_cases,
+    forbidden=("clbook.memory.FeatureQueue",),
     mistakes=[
         Mistake(_enqueue_no_wrap,
                 "the keys that do not fit before the end of the storage were dropped: wrap them around to row 0"),
@@ -150,9 +151,11 @@ check_ema_update = exercise(
     "07.3", "the momentum update", "07 §3 (the momentum encoder)",
     reference=_ema_reference,
     cases=_ema_cases,
+    forbidden=("clbook.memory.momentum_update",),
     mistakes=[
         Mistake(lambda t, o, m: [m * b + (1 - m) * a for a, b in zip(t, o)],
-                "m weighs the *target's* old weights (m = 0.99 moves it slowly): theta_k <- m theta_k + (1 - m) theta_q"),
+                "m weighs the *target's* own old weights (m = 0.99 moves it slowly): reread 07 §3 (the momentum "
+                "encoder)"),
     ],
     rtol=1e-6, atol=1e-7,
 )

@@ -72,10 +72,12 @@ check_alignment_uniformity = exercise(
     "08.1", "alignment and uniformity", "08 'The diagnostics'",
     reference=_align_uniform_reference,
     cases=_align_uniform_cases,
+    forbidden=("clbook.metrics.alignment", "clbook.metrics.uniformity", "clbook.metrics.feature_metrics"),
     mistakes=[
         Mistake(_uniformity_with_self,
                 "the mean runs over the pairs i < j; a point and itself (distance 0) do not count"),
-        Mistake(_uniformity_not_squared, "the Gaussian potential uses the *squared* distance, exp(-t ||zi - zj||^2)"),
+        Mistake(_uniformity_not_squared,
+                "the Gaussian potential uses the *squared* distance: reread 08 'The diagnostics'"),
         Mistake(_alignment_not_squared, "alignment is the mean *squared* distance between the two views (alpha = 2)"),
     ],
     rtol=1e-6, atol=1e-9,
@@ -112,13 +114,14 @@ check_simsiam_loss = exercise(
     "08.2", "SimSiam's symmetric loss", "08 §1-2 (a loss without negatives; SimSiam with and without stop-gradient)",
     reference=_simsiam_reference,
     cases=_simsiam_cases,
+    forbidden=("clbook.losses.negative_cosine_loss", "clbook.losses.normalized_mse_loss"),
     mistakes=[
         Mistake(_simsiam_unswapped,
-                "each view's prediction is compared with the *other* view's projection: D(p1, z2) and D(p2, z1)"),
+                "each view's prediction is compared with the *other* view's projection"),
         Mistake(lambda p1, p2, z1, z2: -_simsiam_reference(p1, p2, z1, z2),
                 "the loss is the *negative* cosine: minimizing it makes prediction and target point the same way"),
         Mistake(lambda p1, p2, z1, z2: 2 * _simsiam_reference(p1, p2, z1, z2),
-                "the symmetric loss is the mean of the two terms, 1/2 D(p1, z2) + 1/2 D(p2, z1)"),
+                "the symmetric loss is the mean of the two terms, not their sum: reread 08 §1"),
     ],
     rtol=1e-5, atol=1e-6,
 )
@@ -159,9 +162,11 @@ check_effective_rank = exercise(
     "08.3", "effective rank", "08 'The diagnostics' (effective rank)",
     reference=_effective_rank_reference,
     cases=_effective_rank_cases,
+    forbidden=("clbook.metrics.effective_rank", "clbook.metrics.feature_metrics"),
     mistakes=[
         Mistake(_effective_rank_squared,
-                "p_k are the singular values themselves, sigma_k / sum_j sigma_j, not their squares (eigenvalues)"),
+                "p_k come from the singular values themselves, not their squares (eigenvalues): reread 08 "
+                "'The diagnostics' (effective rank)"),
         Mistake(lambda z: math.log(_effective_rank_reference(z)),
                 "the effective rank is exp of the entropy (1 at collapse), not the entropy itself"),
         Mistake(_effective_rank_centred, "use the raw features, not centred ones (RankMe)"),

@@ -56,6 +56,7 @@ check_sinkhorn = exercise(
     "09.1", "Sinkhorn-Knopp in log space", "09 §1 (assignments on a toy: softmax against Sinkhorn)",
     reference=_sinkhorn_reference,
     cases=_sinkhorn_cases,
+    forbidden=("clbook.sinkhorn.sinkhorn_knopp",),
     mistakes=[
         Mistake(_sinkhorn_rows_first,
                 "each iteration normalizes the columns first, then the rows, so that every sample's row sums to one "
@@ -92,11 +93,12 @@ check_swav_loss = exercise(
     "09.2", "SwAV's swapped prediction", "09 §3 (SwAV: the swapped prediction)",
     reference=_swav_reference,
     cases=_swav_cases,
+    forbidden=("clbook.losses.swav_loss",),
     mistakes=[
         Mistake(lambda s1, s2, q1, q2, tau: _swav_reference(s1, s2, q2, q1, tau),
                 "swap the views: the scores of view 1 predict the code of view 2, and the other way round"),
         Mistake(lambda s1, s2, q1, q2, tau: _swav_reference(s1, s2, q1, q2, 1.0),
-                "divide the scores by the temperature before the softmax"),
+                "the temperature is missing: reread 09 §3"),
         Mistake(lambda s1, s2, q1, q2, tau: 2 * _swav_reference(s1, s2, q1, q2, tau),
                 "the loss is the mean of the two cross-entropies, not their sum"),
     ],

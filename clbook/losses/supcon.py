@@ -43,6 +43,7 @@ def supcon_loss(
     normalize: bool = True,
     variant: str = "out",
     *,
+    base_temperature: float | None = None,
     block_size: int | None = None,
     gather_distributed: bool = False,
 ) -> Tensor:
@@ -76,6 +77,14 @@ def supcon_loss(
     variant : {"out", "in"}, default "out"
         ``"out"`` averages ``-log p`` over positives (the paper's preferred L_out); ``"in"`` takes
         ``-log`` of the mean positive probability (L_in).
+    base_temperature : float, optional
+        If given, the loss is multiplied by ``temperature / base_temperature``, as in the
+        SupContrast code (its ``base_temperature``, 0.07 there). With respect to the similarities
+        :math:`s`, the gradient of a softmax over :math:`s/\tau` carries a factor :math:`1/\tau`
+        (notebook 02, section 7.2); the factor turns it into ``1 / base_temperature``. The lecture
+        notes' ``scale_by_temperature=True`` is ``base_temperature=1``: their loss is
+        ``supcon_loss(f, labels, temperature=t, normalize=False, base_temperature=1.0)``.
+        None (default): no factor, the loss of Khosla et al.'s formula.
     block_size : int, optional
         L_out only. Compute forward and backward over blocks of this many rows, recomputing each
         block's logits in backward: memory O(M D + M B) instead of O(M^2) for M = V * N rows,
@@ -104,6 +113,18 @@ def supcon_loss(
     :math:`S_c` of the rows of i's class, so no ``[M, M]`` positive mask is built (M = V * N rows).
     Its gradient is written out (see :class:`_SupConOut`), so L_out has no second derivatives:
     ``create_graph=True`` raises. L_in is differentiated by autograd.
+
+    The lecture notes' ``SupConLoss`` (SupContrast's early code with the normalization removed)
+    computes the same L_out on raw inner products, but not the same way: it subtracts each row's
+    maximum *including the diagonal* :math:`\lVert f_i \rVert^2/\tau`, exponentiates, then masks
+    the diagonal out. On unnormalized features the diagonal is usually the row's largest logit by
+    far; once features are long enough that :math:`(\lVert f_i \rVert^2 - f_i \cdot f_j)/\tau`
+    exceeds about 104 for every j (where float32's ``exp`` underflows), every remaining term is 0,
+    the denominator is 0, ``log(0) = -inf``, and the masked sum turns ``inf * 0`` into NaN. This
+    function takes the log-sum-exp over :math:`a \ne i` only (the diagonal set to :math:`-\infty`
+    first), which stays finite; notebook 02 (section 5, underflow and the diagonal) explains why.
+    Wherever the notes' code is finite, the two agree in value and gradient
+    (``tests/test_notes_loss.py``).
     """
     _check_embeddings("features", features, rank=(2, 3))
     temperature = _check_positive("temperature", temperature)
@@ -111,6 +132,8 @@ def supcon_loss(
         raise ValueError(f'variant must be "out" or "in", got {variant!r}')
     if not isinstance(normalize, (bool, np_bool)):
         raise ValueError(f"normalize must be True or False, got {normalize!r}")
+    if base_temperature is not None:
+        base_temperature = _check_positive("base_temperature", base_temperature)
     if labels is not None and mask is not None:
         raise ValueError("pass labels or mask, not both")
     world = world_info(gather_distributed)
@@ -146,11 +169,17 @@ def supcon_loss(
     # under gather_distributed.
     if variant == "in":
         group = _sample_groups(labels, n, z.device)[0] if mask is None else None
-        return _result(_supcon_in(z, v, group, mask, features), dtype, "supcon_loss")
-    block = _auto_block(rows, rows * (world[1] if world else 1), block_size)
-    if world is None and block is None:
-        return _result(_supcon_out(z, v, labels, mask, features), dtype, "supcon_loss")
-    return _result(_supcon_out_tiled(z, v, labels, mask, block, world, features), dtype, "supcon_loss")
+        loss = _supcon_in(z, v, group, mask, features)
+    else:
+        block = _auto_block(rows, rows * (world[1] if world else 1), block_size)
+        if world is None and block is None:
+            loss = _supcon_out(z, v, labels, mask, features)
+        else:
+            loss = _supcon_out_tiled(z, v, labels, mask, block, world, features)
+    if base_temperature is not None:
+        # A scalar factor on the mean: every path above (plain, tiled, gathered) scales alike.
+        loss = loss * (temperature / base_temperature)
+    return _result(loss, dtype, "supcon_loss")
 
 
 def _sample_groups(labels: Tensor | None, n: int, device: torch.device) -> tuple[Tensor, int]:
@@ -289,16 +318,21 @@ class SupConLoss(nn.Module):
     """Module form of :func:`supcon_loss`."""
 
     def __init__(self, temperature: float = 0.1, normalize: bool = True, variant: str = "out", *,
-                 block_size: int | None = None, gather_distributed: bool = False) -> None:
+                 base_temperature: float | None = None, block_size: int | None = None,
+                 gather_distributed: bool = False) -> None:
         super().__init__()
         temperature = _check_positive("temperature", temperature)
+        if base_temperature is not None:
+            base_temperature = _check_positive("base_temperature", base_temperature)
         if variant not in ("out", "in"):
             raise ValueError(f'variant must be "out" or "in", got {variant!r}')
         if variant == "in" and (block_size is not None or gather_distributed):
             raise ValueError('block_size and gather_distributed apply to variant="out" only')
         self.temperature, self.normalize, self.variant = temperature, normalize, variant
+        self.base_temperature = base_temperature
         self.block_size, self.gather_distributed = _check_block_size(block_size), gather_distributed
 
     def forward(self, features: Tensor, labels: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
         return supcon_loss(features, labels, mask, self.temperature, self.normalize, self.variant,
-                           block_size=self.block_size, gather_distributed=self.gather_distributed)
+                           base_temperature=self.base_temperature, block_size=self.block_size,
+                           gather_distributed=self.gather_distributed)

@@ -20,16 +20,21 @@ class SupCon(Method):
     Parameters
     ----------
     temperature : float, default 0.1
+    base_temperature : float, optional
+        Multiply the loss by ``temperature / base_temperature``, as the SupContrast code does
+        (0.07 there); None (default) leaves the loss as Khosla et al. write it.
     """
 
     needs_labels = True
     needs_augment = False
 
-    def __init__(self, temperature: float = 0.1) -> None:
+    def __init__(self, temperature: float = 0.1, base_temperature: float | None = None) -> None:
         super().__init__()
         self.temperature = check_real("temperature", temperature)
+        self.base_temperature = None if base_temperature is None else check_real("base_temperature", base_temperature)
 
     def loss(self, encoder: nn.Module, head: nn.Module, views: list[Tensor], y: Tensor | None,
              index: Tensor) -> Tensor:
         z = self.project(encoder, head, views)  # [B, V, D]
-        return supcon_loss(z, labels=y, temperature=self.temperature, gather_distributed=self.gather)
+        return supcon_loss(z, labels=y, temperature=self.temperature, base_temperature=self.base_temperature,
+                           gather_distributed=self.gather)
