@@ -44,6 +44,9 @@ key       checker                                  module              the learn
 08.3      :data:`.check_effective_rank`            nb08_collapse       the effective rank (RankMe)
 09.1      :data:`.check_sinkhorn`                  nb09_swav           Sinkhorn-Knopp in log space
 09.2      :data:`.check_swav_loss`                 nb09_swav           SwAV's swapped prediction
+10.1      :data:`.check_weight_standardization`    nb10_batchnorm      weight standardization of a weight matrix
+10.2      :data:`.check_group_norm`                nb10_batchnorm      group norm, per sample, no batch statistics
+10.3      :data:`.check_predictor_gradient`        nb10_batchnorm      the predictor's gradient in the linear toy
 12.1      :data:`.check_multiview_loss`            nb12_cmc_clip       CMC's loss, core pairs or the full graph
 12.2      :data:`.check_clip_loss`                 nb12_cmc_clip       CLIP's symmetric loss with a learned scale
 12.3      :data:`.check_prompt_ensemble`           nb12_cmc_clip       zero-shot classes from a prompt ensemble
@@ -72,6 +75,7 @@ from clbook.exercises.nb06_clustering_em import check_em_step, check_gmm_bic, ch
 from clbook.exercises.nb07_moco import check_info_nce_queue, check_enqueue, check_ema_update
 from clbook.exercises.nb08_collapse import check_alignment_uniformity, check_simsiam_loss, check_effective_rank
 from clbook.exercises.nb09_swav import check_sinkhorn, check_swav_loss
+from clbook.exercises.nb10_batchnorm import check_weight_standardization, check_group_norm, check_predictor_gradient
 from clbook.exercises.nb12_cmc_clip import check_multiview_loss, check_clip_loss, check_prompt_ensemble
 
 __all__ = [
@@ -105,6 +109,9 @@ __all__ = [
     "check_effective_rank",
     "check_sinkhorn",
     "check_swav_loss",
+    "check_weight_standardization",
+    "check_group_norm",
+    "check_predictor_gradient",
     "check_multiview_loss",
     "check_clip_loss",
     "check_prompt_ensemble",
