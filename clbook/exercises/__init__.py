@@ -58,6 +58,11 @@ module's ``__all__`` and to the imports and ``__all__`` below; then give the not
 cell that starts with ``# Exercise NN.k`` (see :mod:`clbook.student`). The tests run every
 registered checker on its reference, on each of its mistakes and on a stub.
 
+An exercise holds its own rules: ``forbidden=("clbook.losses.nt_xent_loss", "stable_nt_xent")``
+puts the library functions the learner is asked to write, and the notebook's own finished version,
+out of reach while the learner's function runs (the checker computes its expected values first);
+``no_autograd=True`` runs the function under ``torch.no_grad()`` on inputs that need no gradient.
+
 The checkers import what they compare with (``clbook.losses``, ``clbook.metrics``,
 ``clbook.cluster``, ``clbook.evaluation``, ``clbook.memory``); nothing in ``clbook`` imports
 ``clbook.exercises``.
