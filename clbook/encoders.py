@@ -26,6 +26,9 @@ __all__ = [
     "NotesCNN",
     "ProjectionHead",
     "PredictionHead",
+    "WSLinear",
+    "make_norm",
+    "NORMS",
     "Prototypes",
     "make_encoder",
     "ENCODERS",
@@ -181,6 +184,85 @@ class NotesCNN(ConvEncoder):
         return torch.relu(super().forward(x))
 
 
+NORMS = ("batch", "layer", "group", None)
+
+
+def make_norm(norm: str | None, dim: int, groups: int = 8, affine: bool = True) -> list[nn.Module]:
+    """The normalization layer named ``norm`` for ``dim`` features, as a list of 0 or 1 modules.
+
+    ``"batch"``: :class:`torch.nn.BatchNorm1d` (statistics over the batch, per feature; in training
+    mode each sample's output depends on the rest of its batch); ``"layer"``:
+    :class:`torch.nn.LayerNorm` (over the features of each sample); ``"group"``:
+    :class:`torch.nn.GroupNorm` with ``min(groups, dim // 2)`` groups (at least two features per
+    group: a group of one would be standardized to 0), reduced until it divides ``dim`` (over the
+    features of each group, per sample); ``None``: nothing. Only batch norm uses batch
+    statistics. ``affine=False`` drops the learned scale and shift.
+    """
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    dim = check_int("dim", dim, 1)
+    if norm == "batch":
+        return [nn.BatchNorm1d(dim, affine=affine)]
+    if norm == "layer":
+        return [nn.LayerNorm(dim, elementwise_affine=affine)]
+    if norm == "group":
+        g = max(min(check_int("groups", groups, 1), dim // 2), 1)
+        while dim % g:
+            g -= 1
+        return [nn.GroupNorm(g, dim, affine=affine)]
+    return []
+
+
+class WSLinear(nn.Linear):
+    r"""Linear layer with weight standardization (Qiao et al., 2019): ``y = x Ŵ^T + b``.
+
+    Each output unit's weight row is standardized before use,
+    :math:`\hat W_{i\cdot} = (W_{i\cdot} - \mu_i) / \sqrt{\sigma_i^2 + \epsilon}`, with
+    :math:`\mu_i, \sigma_i^2` the mean and (biased) variance of row :math:`i` over its
+    ``in_features`` entries. It normalizes the weights, not the activations: no batch statistics,
+    so each sample's output depends on that sample only. BYOL's authors (Richemond et al., 2020)
+    paired it with group norm to train BYOL without batch statistics.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    bias : bool, default True
+    eps : float, default 1e-5
+
+    Shapes: input ``[N, in_features]``, output ``[N, out_features]``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, eps: float = 1e-5) -> None:
+        in_features, out_features = _sizes(in_features=in_features, out_features=out_features)
+        if not eps > 0:
+            raise ValueError(f"eps must be positive, got {eps!r}")
+        super().__init__(in_features, out_features, bias=bias)
+        self.eps = float(eps)
+
+    def standardized_weight(self) -> Tensor:
+        """The weight ``[out_features, in_features]`` with every row at mean 0 and variance ~1."""
+        w = self.weight
+        mean = w.mean(dim=1, keepdim=True)
+        var = w.var(dim=1, unbiased=False, keepdim=True)
+        return (w - mean) / torch.sqrt(var + self.eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.linear(x, self.standardized_weight(), self.bias)
+
+
+def _linear(in_dim: int, out_dim: int, ws: bool) -> nn.Linear:
+    return WSLinear(in_dim, out_dim) if ws else nn.Linear(in_dim, out_dim)
+
+
+def _resolve_norm(norm, batchnorm: bool) -> str | None:
+    """``norm`` if given (a name from :data:`NORMS` or None); if left at ``"default"``, from ``batchnorm``."""
+    if norm == "default":
+        return "batch" if check_bool("batchnorm", batchnorm) else None
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    return norm
+
+
 class ProjectionHead(nn.Module):
     """MLP head ``in_dim -> hidden -> out_dim`` on which the contrastive loss is computed.
 
@@ -189,23 +271,31 @@ class ProjectionHead(nn.Module):
     in_dim, hidden, out_dim : int
     batchnorm : bool, default False
         Batch normalization after the hidden layer, as in the projectors of BYOL (Grill et al.,
-        2020) and SimSiam (Chen and He, 2021).
+        2020) and SimSiam (Chen and He, 2021). Shorthand for ``norm="batch"``.
     output_batchnorm : bool, default False
         Also batch normalization without learned scale and shift after the output layer, as in
         SimSiam's projector: each output dimension is then standardized over the batch, which
         keeps the projections from collapsing in training mode whatever the loss.
+    norm : {"batch", "layer", "group", None}, optional
+        The normalization after the hidden layer (:func:`make_norm`); overrides ``batchnorm``
+        when given (``None`` then means none at all).
+    weight_standardization : bool, default False
+        Both linear layers are :class:`WSLinear` (with ``norm="group"``: BYOL without batch
+        statistics, as in Richemond et al., 2020).
 
     Shapes: input ``[N, in_dim]``, output ``[N, out_dim]`` (not normalized; the losses do that).
     """
 
     def __init__(self, in_dim: int = 128, hidden: int = 128, out_dim: int = 64, batchnorm: bool = False,
-                 output_batchnorm: bool = False) -> None:
+                 output_batchnorm: bool = False, norm: str | None = "default",
+                 weight_standardization: bool = False) -> None:
         super().__init__()
         in_dim, hidden, out_dim = _sizes(in_dim=in_dim, hidden=hidden, out_dim=out_dim)
-        hidden_norm = [nn.BatchNorm1d(hidden)] if batchnorm else []
-        output_norm = [nn.BatchNorm1d(out_dim, affine=False)] if output_batchnorm else []
-        self.net = nn.Sequential(nn.Linear(in_dim, hidden), *hidden_norm, nn.ReLU(), nn.Linear(hidden, out_dim),
-                                 *output_norm)
+        self.norm = _resolve_norm(norm, batchnorm)
+        ws = check_bool("weight_standardization", weight_standardization)
+        output_norm = [nn.BatchNorm1d(out_dim, affine=False)] if check_bool("output_batchnorm", output_batchnorm) else []
+        self.net = nn.Sequential(_linear(in_dim, hidden, ws), *make_norm(self.norm, hidden), nn.ReLU(),
+                                 _linear(hidden, out_dim, ws), *output_norm)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -226,16 +316,25 @@ class PredictionHead(nn.Module):
     hidden : int, default 32
     batchnorm : bool, default True
         BatchNorm1d after the hidden linear layer (needs batches of at least 2 in training mode).
+        Shorthand for ``norm="batch"``.
+    norm : {"batch", "layer", "group", None}, optional
+        The normalization after the hidden layer (:func:`make_norm`); overrides ``batchnorm``
+        when given.
+    weight_standardization : bool, default False
+        Both linear layers are :class:`WSLinear`.
 
     Shapes: input ``[N, dim]``, output ``[N, dim]``.
     """
 
-    def __init__(self, dim: int = 64, hidden: int = 32, batchnorm: bool = True) -> None:
+    def __init__(self, dim: int = 64, hidden: int = 32, batchnorm: bool = True, norm: str | None = "default",
+                 weight_standardization: bool = False) -> None:
         super().__init__()
         dim, hidden = _sizes(dim=dim, hidden=hidden)
         self.dim = dim
-        norm = [nn.BatchNorm1d(hidden)] if batchnorm else []
-        self.net = nn.Sequential(nn.Linear(dim, hidden), *norm, nn.ReLU(), nn.Linear(hidden, dim))
+        self.norm = _resolve_norm(norm, batchnorm)
+        ws = check_bool("weight_standardization", weight_standardization)
+        self.net = nn.Sequential(_linear(dim, hidden, ws), *make_norm(self.norm, hidden), nn.ReLU(),
+                                 _linear(hidden, dim, ws))
 
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, (self.dim,), type(self).__name__)

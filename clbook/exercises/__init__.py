@@ -44,6 +44,9 @@ key       checker                                  module              the learn
 08.3      :data:`.check_effective_rank`            nb08_collapse       the effective rank (RankMe)
 09.1      :data:`.check_sinkhorn`                  nb09_swav           Sinkhorn-Knopp in log space
 09.2      :data:`.check_swav_loss`                 nb09_swav           SwAV's swapped prediction
+10.1      :data:`.check_weight_standardization`    nb10_batchnorm      weight standardization of a weight matrix
+10.2      :data:`.check_group_norm`                nb10_batchnorm      group norm, per sample, no batch statistics
+10.3      :data:`.check_predictor_gradient`        nb10_batchnorm      the predictor's gradient in the linear toy
 11.1      :data:`.check_cpc_step_loss`             nb11_cpc            CPC's InfoNCE of one step, batch negatives
 11.2      :data:`.check_cpc_mi_bound`              nb11_cpc            the bound log N_k - L_k of every step
 11.3      :data:`.check_cpc_sequence_loss`         nb11_cpc            the same, negatives from one sequence only
@@ -57,6 +60,11 @@ gets a new module of that name) with :func:`exercise` and a key ``"NN.k"``; add 
 module's ``__all__`` and to the imports and ``__all__`` below; then give the notebook an exercise
 cell that starts with ``# Exercise NN.k`` (see :mod:`clbook.student`). The tests run every
 registered checker on its reference, on each of its mistakes and on a stub.
+
+An exercise holds its own rules: ``forbidden=("clbook.losses.nt_xent_loss", "stable_nt_xent")``
+puts the library functions the learner is asked to write, and the notebook's own finished version,
+out of reach while the learner's function runs (the checker computes its expected values first);
+``no_autograd=True`` runs the function under ``torch.no_grad()`` on inputs that need no gradient.
 
 The checkers import what they compare with (``clbook.losses``, ``clbook.metrics``,
 ``clbook.cluster``, ``clbook.evaluation``, ``clbook.memory``); nothing in ``clbook`` imports
@@ -75,6 +83,7 @@ from clbook.exercises.nb06_clustering_em import check_em_step, check_gmm_bic, ch
 from clbook.exercises.nb07_moco import check_info_nce_queue, check_enqueue, check_ema_update
 from clbook.exercises.nb08_collapse import check_alignment_uniformity, check_simsiam_loss, check_effective_rank
 from clbook.exercises.nb09_swav import check_sinkhorn, check_swav_loss
+from clbook.exercises.nb10_batchnorm import check_weight_standardization, check_group_norm, check_predictor_gradient
 from clbook.exercises.nb11_cpc import check_cpc_mi_bound, check_cpc_sequence_loss, check_cpc_step_loss
 from clbook.exercises.nb12_cmc_clip import check_multiview_loss, check_clip_loss, check_prompt_ensemble
 
@@ -109,6 +118,9 @@ __all__ = [
     "check_effective_rank",
     "check_sinkhorn",
     "check_swav_loss",
+    "check_weight_standardization",
+    "check_group_norm",
+    "check_predictor_gradient",
     "check_cpc_step_loss",
     "check_cpc_mi_bound",
     "check_cpc_sequence_loss",

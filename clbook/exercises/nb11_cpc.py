@@ -40,10 +40,11 @@ def _step_cases() -> list[Case]:
     return [
         Case("3 sequences of 6 latents, K = 3, step k = 1", (p, z, 1)),
         Case("the same batch, step k = 3 (the last)", (p, z, 3),
-             hint="step k uses predictions[:, :T - k, k - 1] against latents[:, k:]: reread 11 §2"),
+             hint="step k compares the prediction made at time t with the latent k steps later, for every t that has one: "
+                  "reread 11 §2"),
         Case("one sequence (every negative is another time step of it), k = 2", (p1, z1, 2)),
         Case("scores 30x larger (logits in the hundreds), k = 2", (30 * p, z, 2),
-             hint="exp of a few hundred overflows float32: take log-sum-exp (F.cross_entropy does); reread 02 §5"),
+             hint="exp of a few hundred overflows float32: work in log space; reread 02 §5"),
         Case("the gradients reaching predictions and latents, k = 2", (p, z, 2), probe=_grad_wrt(0, 1),
              hint="no stop-gradient in CPC: the latents are trained through positives and negatives alike"),
     ]
@@ -78,15 +79,17 @@ check_cpc_step_loss = exercise(
     cases=_step_cases,
     mistakes=[
         Mistake(_step_target_one_early,
-                "the positive of the prediction made at time t for step k is latents[:, t + k], not t + k - 1"),
+                "the positive is the latent k steps after the anchor, not k - 1: reread 11 §2"),
         Mistake(_step_sequence_only,
-                "the candidates of step k are latents[:, k:] of every sequence of the batch, not only the anchor's own"),
+                "the candidates of step k come from every sequence of the batch, not only the anchor's own: reread 11 §2"),
         Mistake(_step_positive_left_out,
-                "the positive belongs in its own denominator: one softmax over all B (T - k) candidates; reread 07 §1"),
+                "the positive belongs in its own denominator: one softmax over all the candidates; reread 07 §1"),
         Mistake(_step_detached_latents,
                 "the latents must receive gradient too (CPC trains the encoder through its targets); do not detach them"),
     ],
     rtol=1e-5, atol=1e-6,
+    # The loss itself is the exercise (info_nce_loss may do the softmax: choosing anchors and targets is the point).
+    forbidden=("clbook.losses.cpc_loss", "clbook.losses.cpc_logits", "clbook.losses.CPCLoss", "cpc_loss_by_hand"),
 )
 
 
@@ -137,9 +140,9 @@ check_cpc_mi_bound = exercise(
     cases=_bound_cases,
     mistakes=[
         Mistake(_bound_negatives_counted,
-                "N_k counts every candidate, the positive included (07's log(K + 1) with K negatives): B (T - k)"),
+                "N_k counts every candidate, the positive included, as 07's log(K + 1) counts K negatives and the positive"),
         Mistake(_bound_all_latents,
-                "step k has B (T - k) candidates (the latents some anchor of step k predicts), not all B T latents"),
+                "step k's candidates are the latents that some anchor of step k predicts, not every latent of the batch"),
         Mistake(_bound_mean_loss, "each step has its own loss L_k: per_step=True gives them"),
     ],
     rtol=1e-5, atol=1e-6,
@@ -158,9 +161,10 @@ def _sequence_cases() -> list[Case]:
     return [
         Case("3 sequences of 6 latents, K = 3, step k = 1", (p, z, 1)),
         Case("the same batch, step k = 3 (three candidates per anchor)", (p, z, 3),
-             hint="step k uses predictions[:, :T - k, k - 1] against latents[:, k:]: reread 11 §2"),
+             hint="step k compares the prediction made at time t with the latent k steps later, for every t that has one: "
+                  "reread 11 §2"),
         Case("scores 30x larger (logits in the hundreds), k = 2", (30 * p, z, 2),
-             hint="exp of a few hundred overflows float32: take log-sum-exp (F.cross_entropy does); reread 02 §5"),
+             hint="exp of a few hundred overflows float32: work in log space; reread 02 §5"),
         Case("the gradients reaching predictions and latents, k = 1", (p, z, 1), probe=_grad_wrt(0, 1)),
     ]
 
@@ -185,11 +189,12 @@ check_cpc_sequence_loss = exercise(
     cases=_sequence_cases,
     mistakes=[
         Mistake(_step_reference,
-                "here the candidates are the anchor's own sequence only, latents[b, k:]: one small softmax per sequence"),
+                "here the candidates come from the anchor's own sequence only: one small softmax per sequence"),
         Mistake(_sequence_positive_left_out,
                 "the positive belongs in its own denominator: a softmax over the T - k candidates, the positive among them"),
         Mistake(_sequence_target_one_early,
-                "the positive of the prediction made at time t for step k is latents[b, t + k], not t + k - 1"),
+                "the positive is the latent k steps after the anchor, not k - 1: reread 11 §2"),
     ],
     rtol=1e-5, atol=1e-6,
+    forbidden=("clbook.losses.cpc_loss", "clbook.losses.cpc_logits", "clbook.losses.CPCLoss", "cpc_step_loss"),
 )

@@ -39,14 +39,19 @@ class BYOL(SimSiam):
         Momentum at the last step.
     predictor : bool, default True
         ``False`` is the ablation without predictor.
+    per_view_batchnorm : bool, default False
+    pred_head : dict, optional
+        As for :class:`SimSiam` (with ``per_view_batchnorm`` the target networks see one view per pass too).
 
     Logged per epoch: ``"proj_std"`` (online projections, as for SimSiam) and ``"momentum"``
     (its value at the epoch's last step).
     """
 
     def __init__(self, pred_hidden: int = 32, proj_dim: int | None = None, momentum: float = 0.99,
-                 final_momentum: float = 1.0, predictor: bool = True) -> None:
-        super().__init__(pred_hidden, proj_dim, stop_gradient=True, predictor=predictor)
+                 final_momentum: float = 1.0, predictor: bool = True, per_view_batchnorm: bool = False,
+                 pred_head: dict | None = None) -> None:
+        super().__init__(pred_hidden, proj_dim, stop_gradient=True, predictor=predictor,
+                         per_view_batchnorm=per_view_batchnorm, pred_head=pred_head)
         momentum = check_probability("momentum", momentum)
         final_momentum = check_probability("final_momentum", final_momentum)
         if final_momentum < momentum:
@@ -72,9 +77,9 @@ class BYOL(SimSiam):
         if self.target_encoder is None:
             raise RuntimeError("BYOL.setup(encoder, head) must run before loss()")
         z, b = self._project(encoder, head, views)
-        p = self.predictor(z)
+        p = self._predict(z, b)
         with torch.no_grad():
-            t = self.target_head(self.target_encoder(torch.cat(views)))
+            t = self._forward(self.target_encoder, self.target_head, views)
         return 0.5 * (normalized_mse_loss(p[:b], t[b:]) + normalized_mse_loss(p[b:], t[:b]))
 
     def after_step(self, encoder: nn.Module, head: nn.Module, step: int, total_steps: int) -> None:

@@ -20,7 +20,8 @@ class SimSiam(Method):
     For views :math:`x_1, x_2`: projections :math:`z_v = h(f(x_v))`, predictions
     :math:`p_v = \mathrm{pred}(z_v)`, and the symmetric loss
     :math:`\tfrac12 D(p_1, \mathrm{sg}(z_2)) + \tfrac12 D(p_2, \mathrm{sg}(z_1))` with
-    :func:`clbook.losses.negative_cosine_loss`. Both views go through the networks in one batch.
+    :func:`clbook.losses.negative_cosine_loss`. Both views go through the networks in one batch,
+    unless ``per_view_batchnorm``.
 
     Parameters
     ----------
@@ -32,6 +33,13 @@ class SimSiam(Method):
         ``False`` is the ablation that lets gradients through the targets (it collapses).
     predictor : bool, default True
         ``False`` is the ablation without predictor (:math:`p_v = z_v`; it collapses too).
+    per_view_batchnorm : bool, default False
+        Pass each view through encoder and head in its own forward pass, as the reference code of
+        SimSiam and BYOL does: batch norm then takes its statistics over the B rows of one view,
+        not over the 2B rows of both (the same network; only what a batch norm sees changes).
+    pred_head : dict, optional
+        Keyword arguments for the predictor, a :class:`clbook.encoders.PredictionHead`, e.g.
+        ``{"norm": None}`` (no normalization in it) or ``{"norm": "group", "weight_standardization": True}``.
 
     Notes
     -----
@@ -47,26 +55,43 @@ class SimSiam(Method):
     needs_negatives = False  # the loss compares each sample with itself only
 
     def __init__(self, pred_hidden: int = 32, proj_dim: int | None = None, stop_gradient: bool = True,
-                 predictor: bool = True) -> None:
+                 predictor: bool = True, per_view_batchnorm: bool = False, pred_head: dict | None = None) -> None:
         super().__init__()
         self.pred_hidden = check_int("pred_hidden", pred_hidden, 1)
         self.proj_dim = None if proj_dim is None else check_int("proj_dim", proj_dim, 1)
         self.stop_gradient = check_bool("stop_gradient", stop_gradient)
         self.use_predictor = check_bool("predictor", predictor)
+        self.per_view_batchnorm = check_bool("per_view_batchnorm", per_view_batchnorm)
+        if pred_head is not None and not isinstance(pred_head, dict):
+            raise ValueError(f"pred_head must be a dict of PredictionHead options, got {type(pred_head).__name__}")
+        self.pred_head = dict(pred_head or {})  # a copy: the caller's dict is never changed
+        PredictionHead(2, 1, **self.pred_head)  # bad options fail here, not at setup
         self.predictor: nn.Module = nn.Identity()
         self._std_sum, self._std_batches = 0.0, 0
 
     def setup(self, encoder: nn.Module, head: nn.Module) -> None:
         dim = self.proj_dim if self.proj_dim is not None else output_dim(head)
         if self.use_predictor:
-            self.predictor = PredictionHead(dim, self.pred_hidden)
+            self.predictor = PredictionHead(dim, self.pred_hidden, **self.pred_head)
+
+    def _forward(self, encoder: nn.Module, head: nn.Module, views: list[Tensor]) -> Tensor:
+        """``head(encoder(.))`` of both views, ``[2B, D]`` (view 1 in rows :B): one batch, or one per view."""
+        if self.per_view_batchnorm:
+            return torch.cat([head(encoder(v)) for v in views])
+        return head(encoder(torch.cat(views)))
+
+    def _predict(self, z: Tensor, b: int) -> Tensor:
+        """Predictions ``[2B, D]`` of projections ``z`` [2B, D]: one batch, or one per view."""
+        if self.per_view_batchnorm:
+            return torch.cat([self.predictor(z[:b]), self.predictor(z[b:])])
+        return self.predictor(z)
 
     def _project(self, encoder: nn.Module, head: nn.Module, views: list[Tensor]) -> tuple[Tensor, int]:
-        """Projections ``z`` [2B, D] of both views (view 1 in rows :B), computed as one batch; and B."""
+        """Projections ``z`` [2B, D] of both views (view 1 in rows :B); and B."""
         if len(views) != 2:
             raise ValueError(f"{self.name} needs exactly two views, got {len(views)}")
         b = views[0].shape[0]
-        z = head(encoder(torch.cat(views)))
+        z = self._forward(encoder, head, views)
         self._log_std(z[:b])
         return z, b
 
@@ -80,7 +105,7 @@ class SimSiam(Method):
     def loss(self, encoder: nn.Module, head: nn.Module, views: list[Tensor], y: Tensor | None,
              index: Tensor) -> Tensor:
         z, b = self._project(encoder, head, views)
-        p = self.predictor(z)
+        p = self._predict(z, b)
         z1, z2, p1, p2 = z[:b], z[b:], p[:b], p[b:]
         return 0.5 * (negative_cosine_loss(p1, z2, self.stop_gradient)
                       + negative_cosine_loss(p2, z1, self.stop_gradient))
