@@ -153,6 +153,9 @@ DATA = {
     "07": "correlated Gaussians (generated), then MNIST (as in 05)",
     "08": "a toy (generated), then MNIST (as in 05)",
     "09": "a toy (generated), then MNIST (as in 05)",
+    "10": "a linear toy (generated), then MNIST (as in 05)",
+    "11": "speech-like sequences of several speakers (generated)",
+    "12": "MNIST (as in 05), cut into views and paired with generated captions",
 }
 
 
