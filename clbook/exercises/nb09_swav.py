@@ -41,7 +41,7 @@ def _sinkhorn_cases() -> list[Case]:
     s = torch.tanh(torch.randn(8, 4, generator=g))  # cosine-like scores in [-1, 1]
     s6 = torch.tanh(torch.randn(6, 4, generator=g))
     stability = ("exp(S / epsilon) overflows float32 for epsilon = 0.01: normalize log Q with log-sum-exp "
-                 "instead; reread 09 §1")
+                 "instead; reread 09 §2 (why sinkhorn_knopp works in log space)")
     return [
         Case("8 samples, 4 prototypes, epsilon = 0.05, 3 iterations", (s, 0.05, 3), hint=stability),
         Case("the same with 1 iteration", (s, 0.05, 1)),
@@ -53,7 +53,7 @@ def _sinkhorn_cases() -> list[Case]:
 
 #: 09.1: Sinkhorn-Knopp in log space: rows sum to one, columns to B / K.
 check_sinkhorn = exercise(
-    "09.1", "Sinkhorn-Knopp in log space", "09 §1 (assignments on a toy: softmax against Sinkhorn)",
+    "09.1", "Sinkhorn-Knopp in log space", "09 §2 (Sinkhorn-Knopp step by step, in log space)",
     reference=_sinkhorn_reference,
     cases=_sinkhorn_cases,
     forbidden=("clbook.sinkhorn.sinkhorn_knopp",),
