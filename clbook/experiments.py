@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -188,6 +189,7 @@ def train_mnist_encoder(
     seed: int = 0,
     progress: bool = True,
     monitor: bool | None = None,
+    on_epoch_end: Callable[[nn.Module, nn.Module, int], dict[str, float]] | None = None,
     **overrides,
 ) -> tuple[nn.Module, History]:
     """Pre-train a CNN or FC encoder on MNIST's training part and return it (eval mode).
@@ -207,6 +209,11 @@ def train_mnist_encoder(
     monitor : bool, optional
         Log the collapse diagnostics of :func:`collapse_monitor` on the validation digits after
         every epoch, in ``history.metrics``. Default: the recipe's ``monitor`` (methods without negatives).
+    on_epoch_end : callable, optional
+        ``on_epoch_end(encoder, head, epoch) -> dict``, called after every epoch, after the
+        monitor, with the projection head too; its figures are logged in ``history.metrics``
+        like the monitor's. For instance, to keep copies of the last epoch's encoder and head:
+        the returned encoder is the validation-chosen epoch's, which need not be the last.
     **overrides
         Replace entries of ``MNIST_CONFIGS[(kind, method)]`` (e.g. ``epochs=2`` for a quick run,
         ``method_options={"stop_gradient": False}`` for an ablation, ``head={"batchnorm": True}``
@@ -234,9 +241,15 @@ def train_mnist_encoder(
     ref = slice(0, MNIST_MONITOR_REF)
     if monitor is None:
         monitor = RECIPES[kind, method].monitor
+    watch = collapse_monitor(X_val, seed=seed) if monitor else None
+
+    def after_epoch(model: nn.Module, epoch: int) -> dict[str, float]:
+        logged = watch(model, epoch) if watch is not None else {}
+        return {**logged, **(on_epoch_end(model, head, epoch) if on_epoch_end is not None else {})}
+
     history = pretrain(encoder, head, X_fit, y_fit, method=method,
                        val=(X_fit[ref], y_fit[ref], X_val, y_val), seed=seed, progress=progress,
-                       on_epoch_end=collapse_monitor(X_val, seed=seed) if monitor else None, **cfg)
+                       on_epoch_end=after_epoch if watch is not None or on_epoch_end is not None else None, **cfg)
     return encoder, history
 
 

@@ -126,6 +126,29 @@ def test_train_mnist_swav_keeps_head_and_prototypes_of_the_kept_epoch(small_mnis
     assert labels.shape == (len(split.y_test),) and int(labels.max()) < 10
 
 
+def test_train_mnist_encoder_passes_encoder_head_and_epoch_to_on_epoch_end(small_mnist):
+    """The callback sees every epoch, after the monitor, and what it returns is logged beside the monitor's."""
+    import copy
+
+    import torch
+
+    seen, last = [], {}
+
+    def keep_last(encoder, head, epoch):
+        seen.append(epoch)
+        last["encoder"], last["head"] = copy.deepcopy(encoder), copy.deepcopy(head)
+        return {"head_weight_norm": sum(p.norm().item() for p in head.parameters())}
+
+    encoder, history = experiments.train_mnist_encoder("cnn", "simsiam", small_mnist, seed=0, progress=False,
+                                                       epochs=3, batch_size=128, monitor=True, on_epoch_end=keep_last)
+    assert seen == [1, 2, 3]
+    assert len(history.metrics["head_weight_norm"]) == 3 and len(history.metrics["effective_rank"]) == 3
+    assert isinstance(last["head"], torch.nn.Module) and any(p.requires_grad for p in last["head"].parameters())
+    # The returned encoder is the validation-chosen epoch's; the copy is the last epoch's.
+    same = all(torch.equal(a, b) for a, b in zip(encoder.state_dict().values(), last["encoder"].state_dict().values()))
+    assert same == (history.best_epoch == 3)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--data", "no/such/folder"], "--data no/such/folder: no such folder"),
     (["--device", "no-such-device"], "device must be"),
