@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
 
 import numpy as np
@@ -54,6 +54,7 @@ __all__ = [
     "run_notes_rows",
     "reproduce",
     "format_table",
+    "load_results",
 ]
 
 # Pre-training settings live with each method's registry entry (clbook.methods.REGISTRY); these
@@ -156,6 +157,18 @@ class Result:
                 name = key.replace("linear", f"linear_{n}").replace("knn", f"knn_{n}")
                 out[name] = scores[key]
         return out
+
+    @classmethod
+    def from_row(cls, row: dict) -> "Result":
+        """The :class:`Result` of a JSON row written by :meth:`row` (per-seed lists are not in the JSON)."""
+        few: dict = {}
+        for key, value in row.items():
+            parts = key.split("_")
+            if parts[0] in ("linear", "knn") and len(parts) >= 2 and parts[1].isdigit():
+                scores = few.setdefault(int(parts[1]), {})
+                scores[parts[0] + ("_std" if parts[-1] == "std" else "")] = value
+        plain = {f.name for f in fields(cls)} - {"few", "few_all", "linear_all", "knn_all"}
+        return cls(**{k: v for k, v in row.items() if k in plain}, few=dict(sorted(few.items())))
 
 
 def random_encoder(kind: str, seed: int = 0) -> nn.Module:
@@ -523,6 +536,17 @@ def reproduce(quick: bool = False, progress: bool = False, split: Split | None =
         results.append(combine_seeds(runs))
     results += run_notes_rows(split, epochs=1 if quick else NOTES_MNIST["epochs"], progress=progress, device=device)
     return results
+
+
+def load_results(path) -> list[Result]:
+    """The rows of a JSON file written by ``python -m clbook reproduce --json FILE``, as :class:`Result`."""
+    import json
+    from pathlib import Path
+
+    rows = json.loads(Path(path).read_text())
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise ValueError(f"{path}: expected a JSON list of rows, as written by `python -m clbook reproduce --json`")
+    return [Result.from_row(r) for r in rows]
 
 
 def format_table(results: list[Result]) -> str:

@@ -171,3 +171,24 @@ def test_plot_path_checked_before_the_run(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--plot" in err and "is a directory" in err
+
+
+def test_json_rows_read_back(tmp_path):
+    """load_results inverts Result.row(): the same table, the few-label scores included."""
+    import json
+
+    from clbook.experiments import Result, format_table, load_results
+
+    few = {1: {"linear": 0.41, "linear_std": 0.05, "knn": 0.44, "knn_std": 0.04},
+           10: {"linear": 0.8, "linear_std": 0.01, "knn": 0.7, "knn_std": 0.02}}
+    original = [Result("mnist", "cnn", "simsiam", 0.95, 0.91, 8.0, "mnist-t10k-shipped", linear_std=0.01,
+                       n_seeds=3, uniformity=-0.1, std=0.014, effective_rank=10.6, steps=540, samples=69120, few=few),
+                Result("mnist", "cnn", "random", 0.93, 0.95, 2.0, "mnist-t10k-shipped")]
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps([r.row() for r in original]))
+    back = load_results(path)
+    assert [r.row() for r in back] == [r.row() for r in original]
+    assert format_table(back) == format_table(original)
+    path.write_text('{"not": "a list"}')
+    with pytest.raises(ValueError, match="JSON list of rows"):
+        load_results(path)
