@@ -21,8 +21,11 @@ Conventions shared by every function here
   defined loss.
 * Softmax losses are computed in log space (log-sum-exp over the row, diagonal excluded), so
   they stay finite at temperature 0.01 and for large unnormalized inputs.
-* Half precision (float16, bfloat16, e.g. under GPU autocast) is computed in float32 and the
-  loss is returned in the input's dtype: every loss starts with
+* Half-precision inputs (float16, bfloat16) are computed in float32 and the loss is returned in
+  the input's dtype. Under ``torch.autocast`` this does not hold by itself: autocast recasts the
+  matrix products inside a loss to its low-precision dtype whatever the inputs' dtype, so call a
+  loss with autocast disabled (``with torch.autocast(device_type, enabled=False):``) to get float32
+  logits (notebook 02 measures the difference). Every loss starts with
   ``(x1, x2), dtype = _to_float32(x1, x2)`` and ends with ``return _result(loss, dtype, name)``
   (both from ``clbook.losses._checks``). ``_to_float32`` upcasts only half-precision tensors
   (float32 and float64 pass untouched, at no cost); ``_result`` raises ``ValueError`` instead of
