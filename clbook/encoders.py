@@ -61,13 +61,13 @@ def _check_input(x: Tensor, trailing: tuple[int, ...], name: str) -> None:
 class MLPEncoder(nn.Module):
     """Small MLP for tabular data (Iris): ``in_dim -> hidden -> hidden -> out_dim``.
 
+    Shapes: input ``[N, in_dim]``, output ``[N, out_dim]``.
+
     Parameters
     ----------
     in_dim : int, default 4
     hidden : int, default 64
     out_dim : int, default 16
-
-    Shapes: input ``[N, in_dim]``, output ``[N, out_dim]``.
     """
 
     def __init__(self, in_dim: int = 4, hidden: int = 64, out_dim: int = 16) -> None:
@@ -223,13 +223,13 @@ class WSLinear(nn.Linear):
     so each sample's output depends on that sample only. BYOL's authors (Richemond et al., 2020)
     paired it with group norm to train BYOL without batch statistics.
 
+    Shapes: input ``[N, in_features]``, output ``[N, out_features]``.
+
     Parameters
     ----------
     in_features, out_features : int
     bias : bool, default True
     eps : float, default 1e-5
-
-    Shapes: input ``[N, in_features]``, output ``[N, out_features]``.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, eps: float = 1e-5) -> None:
@@ -266,6 +266,8 @@ def _resolve_norm(norm, batchnorm: bool) -> str | None:
 class ProjectionHead(nn.Module):
     """MLP head ``in_dim -> hidden -> out_dim`` on which the contrastive loss is computed.
 
+    Shapes: input ``[N, in_dim]``, output ``[N, out_dim]`` (not normalized; the losses do that).
+
     Parameters
     ----------
     in_dim, hidden, out_dim : int
@@ -282,8 +284,6 @@ class ProjectionHead(nn.Module):
     weight_standardization : bool, default False
         Both linear layers are :class:`WSLinear` (with ``norm="group"``: BYOL without batch
         statistics, as in Richemond et al., 2020).
-
-    Shapes: input ``[N, in_dim]``, output ``[N, out_dim]`` (not normalized; the losses do that).
     """
 
     def __init__(self, in_dim: int = 128, hidden: int = 128, out_dim: int = 64, batchnorm: bool = False,
@@ -309,6 +309,8 @@ class PredictionHead(nn.Module):
     normalization and a ReLU, the output layer neither. Without a predictor, SimSiam and BYOL
     collapse; the bottleneck keeps it from learning the identity too easily.
 
+    Shapes: input ``[N, dim]``, output ``[N, dim]``.
+
     Parameters
     ----------
     dim : int, default 64
@@ -322,8 +324,6 @@ class PredictionHead(nn.Module):
         when given.
     weight_standardization : bool, default False
         Both linear layers are :class:`WSLinear`.
-
-    Shapes: input ``[N, dim]``, output ``[N, dim]``.
     """
 
     def __init__(self, dim: int = 64, hidden: int = 32, batchnorm: bool = True, norm: str | None = "default",
@@ -349,14 +349,14 @@ class Prototypes(nn.Module):
     optimizer step the training loop calls :meth:`normalize_` to put them back there (SwAV
     does the same), so a prototype cannot win samples just by growing longer.
 
+    Shapes: input ``[N, dim]``, output ``[N, k]``; ``weight`` is ``[k, dim]``.
+
     Parameters
     ----------
     dim : int
         Embedding size D.
     k : int
         Number of prototypes K.
-
-    Shapes: input ``[N, dim]``, output ``[N, k]``; ``weight`` is ``[k, dim]``.
     """
 
     def __init__(self, dim: int, k: int) -> None:
@@ -421,6 +421,8 @@ class BagOfWordsEncoder(nn.Module):
     a continuous bag of words, the simplest text encoder the CLIP paper tried. Word order is lost
     ("not slanted" and "slanted, not" are the same text); a misspelt word is the unknown word.
 
+    Shapes: input int64 ``[N, L]`` with at least one non-padding id per row, output ``[N, out_dim]``.
+
     Parameters
     ----------
     vocab_size : int, default :data:`clbook.data.TEXT_VOCAB_SIZE`
@@ -428,8 +430,6 @@ class BagOfWordsEncoder(nn.Module):
         (:func:`clbook.data.tokenize_text`).
     out_dim : int, default 128
     embed_dim : int, default 64
-
-    Shapes: input int64 ``[N, L]`` with at least one non-padding id per row, output ``[N, out_dim]``.
     """
 
     def __init__(self, vocab_size: int | None = None, out_dim: int = 128, embed_dim: int = 64) -> None:
