@@ -27,6 +27,7 @@ __all__ = [
     "ProjectionHead",
     "PredictionHead",
     "WSLinear",
+    "WSConv2d",
     "make_norm",
     "NORMS",
     "Prototypes",
@@ -248,6 +249,42 @@ class WSLinear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         return nn.functional.linear(x, self.standardized_weight(), self.bias)
+
+
+class WSConv2d(nn.Conv2d):
+    r"""2-D convolution with weight standardization: :class:`WSLinear`'s rule, per output channel.
+
+    Each output channel's kernel ``[in_channels / groups, kh, kw]`` is standardized over all its
+    entries before use, :math:`\hat W_c = (W_c - \mu_c) / \sqrt{\sigma_c^2 + \epsilon}`. With group
+    norm after it, a CNN has no batch statistics at all (Richemond et al., 2020, notebook 10).
+
+    Shapes: input ``[N, in_channels, H, W]``, output as :class:`torch.nn.Conv2d`'s.
+
+    Parameters
+    ----------
+    in_channels, out_channels, kernel_size, **kwargs
+        As :class:`torch.nn.Conv2d` (``padding_mode`` must stay ``"zeros"``).
+    eps : float, default 1e-5
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, eps: float = 1e-5, **kwargs) -> None:
+        if not eps > 0:
+            raise ValueError(f"eps must be positive, got {eps!r}")
+        if kwargs.get("padding_mode", "zeros") != "zeros":
+            raise ValueError("WSConv2d supports padding_mode='zeros' only")
+        super().__init__(in_channels, out_channels, kernel_size, **kwargs)
+        self.eps = float(eps)
+
+    def standardized_weight(self) -> Tensor:
+        """The kernel ``[out_channels, in_channels / groups, kh, kw]``, each output channel at mean 0, variance ~1."""
+        w = self.weight
+        mean = w.mean(dim=(1, 2, 3), keepdim=True)
+        var = w.var(dim=(1, 2, 3), unbiased=False, keepdim=True)
+        return (w - mean) / torch.sqrt(var + self.eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.conv2d(x, self.standardized_weight(), self.bias, self.stride, self.padding,
+                                    self.dilation, self.groups)
 
 
 def _linear(in_dim: int, out_dim: int, ws: bool) -> nn.Linear:

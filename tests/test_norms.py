@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from clbook.encoders import NORMS, PredictionHead, ProjectionHead, WSLinear, make_norm
+from clbook.encoders import NORMS, PredictionHead, ProjectionHead, WSConv2d, WSLinear, make_norm
 from clbook.methods import BYOL, SimSiam
 
 EPS = 1e-5
@@ -118,6 +118,28 @@ def test_ws_heads_use_ws_layers():
     assert sum(isinstance(m, WSLinear) for m in head.modules()) == 2
     with pytest.raises(ValueError, match="positive"):
         WSLinear(4, 3, eps=0.0)
+
+
+def test_ws_conv_matches_formula_and_plain_conv():
+    """WSConv2d = Conv2d with each output channel's kernel standardized over (in, kh, kw)."""
+    torch.manual_seed(0)
+    layer = WSConv2d(3, 4, 3, padding=1, stride=2).double()
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+    w = layer.weight
+    flat = w.reshape(4, -1)
+    w_hat = ((flat - flat.mean(1, keepdim=True)) / torch.sqrt(flat.var(1, unbiased=False, keepdim=True)
+                                                               + layer.eps)).reshape_as(w)
+    plain = nn.Conv2d(3, 4, 3, padding=1, stride=2).double()
+    with torch.no_grad():
+        plain.weight.copy_(w_hat)
+        plain.bias.copy_(layer.bias)
+    torch.testing.assert_close(layer(x), plain(x))
+    sw = layer.standardized_weight().reshape(4, -1)
+    torch.testing.assert_close(sw.mean(1), torch.zeros(4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="positive"):
+        WSConv2d(1, 2, 3, eps=0)
+    with pytest.raises(ValueError, match="padding_mode"):
+        WSConv2d(1, 2, 3, padding_mode="reflect")
 
 
 class _Twice(nn.Module):
