@@ -28,8 +28,10 @@ from clbook.methods.byol import BYOL
 from clbook.methods.clip import CLIP
 from clbook.methods.cmc import CMC
 from clbook.methods.cpc import CPC
+from clbook.methods.dino import DINO
 from clbook.methods.memory_bank import MemoryBankMethod
 from clbook.methods.moco import MoCo
+from clbook.methods.mocov3 import MoCoV3
 from clbook.methods.simclr import SimCLR
 from clbook.methods.simsiam import SimSiam
 from clbook.methods.supcon import SupCon
@@ -38,6 +40,7 @@ from clbook.methods.swav import SwAV
 __all__ = [
     "Method", "LossMethod", "Recipe", "Entry", "REGISTRY", "METHODS", "make_method", "as_method", "output_dim",
     "SimCLR", "SupCon", "MoCo", "MemoryBankMethod", "SimSiam", "BYOL", "SwAV", "CPC", "CMC", "CLIP",
+    "MoCoV3", "DINO",
 ]
 
 
@@ -100,6 +103,14 @@ REGISTRY: dict[str, Entry] = {
     # Notebook 12 only, no MNIST recipe (no row in reproduce): views of other kinds than augmentations.
     "cmc": Entry(CMC),
     "clip": Entry(CLIP),
+    # Notebook 13: the small ViT (clbook.encoders.ViT). No reproduce row (reproduce=False): the
+    # reproduce run's 15-minute budget has no room for two more networks of this cost per step.
+    "mocov3": Entry(MoCoV3,
+                    Recipe("vit", epochs=4, batch_size=128, augment=LIGHT, temperature=0.2, head={"batchnorm": True},
+                           reproduce=False, options=dict(momentum=0.9, pred_hidden=128))),
+    "dino": Entry(DINO,
+                  Recipe("vit", epochs=4, batch_size=128, augment=LIGHT, reproduce=False,
+                         options=dict(out_dim=256, momentum=0.9, freeze_last_layer=0))),
 }
 
 for _name, _entry in REGISTRY.items():
