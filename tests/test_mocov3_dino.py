@@ -140,7 +140,8 @@ def test_dino_last_layer_is_frozen_during_its_epochs_and_teacher_follows():
         for p_t, p0, p in zip(method.teacher_encoder.parameters(), teacher_before, encoder.parameters()):
             torch.testing.assert_close(p_t, m * p0 + (1 - m) * p.detach())
     logged = method.end_epoch(encoder, head)
-    assert set(logged) == {"teacher_entropy", "kl", "outputs_used"} and 1 <= logged["outputs_used"] <= 10
+    assert set(logged) == {"teacher_entropy", "kl", "outputs_used", "top_output_share"}
+    assert 1 <= logged["outputs_used"] <= 10 and 0.1 <= logged["top_output_share"] <= 1
 
 
 def test_dino_without_centering_keeps_a_zero_center():

@@ -66,7 +66,9 @@ class DINO(Method):
     :math:`\mathrm{KL}(P_t \Vert P_s)` over pairs of views; both averaged over the epoch's steps.
     Collapse to one output and collapse to uniform both send the KL to 0; the entropy tells them
     apart (0 against :math:`\log K`). Per step: ``step_loss``, ``step_entropy`` and ``step_kl``;
-    ``"outputs_used"`` counts the outputs that were the teacher's argmax for some sample of the epoch.
+    ``"outputs_used"`` counts the outputs that were the teacher's argmax for some sample of the epoch,
+    ``"top_output_share"`` is the share of those argmaxes that went to the most frequent output (1
+    when one output wins for every image).
     """
 
     needs_negatives = False  # the loss compares each sample's views with each other only
@@ -177,4 +179,5 @@ class DINO(Method):
     def end_epoch(self, encoder: nn.Module, head: nn.Module) -> dict[str, float]:
         n = max(float(self._sums[2]), 1.0)
         return {"teacher_entropy": float(self._sums[0]) / n, "kl": float(self._sums[1]) / n,
-                "outputs_used": float((self._wins > 0).sum())}
+                "outputs_used": float((self._wins > 0).sum()),
+                "top_output_share": float(self._wins.max()) / max(float(self._wins.sum()), 1.0)}
