@@ -518,6 +518,10 @@ class ViT(nn.Module):
     crop (DINO's local crops, e.g. 14 x 14: 2 x 2 patches) gets the grid's embeddings resized by
     bicubic interpolation, as DINO's ViT does; the class token's embedding is used as it is.
 
+    Shapes: input ``[N, 1, S, S]`` with ``S`` a multiple of ``patch``, at most ``image_size``
+    (uint8 divided by 255); output ``[N, width]``. :meth:`class_attention` gives the class
+    token's attention over the patches, per head.
+
     Parameters
     ----------
     patch : int, default 7
@@ -530,10 +534,6 @@ class ViT(nn.Module):
     freeze_patch_projection : bool, default False
         Keep the random patch projection fixed (``requires_grad=False``): MoCo v3's remedy for
         its training instability (Chen, Xie and He, 2021).
-
-    Shapes: input ``[N, 1, S, S]`` with ``S`` a multiple of ``patch``, at most ``image_size``
-    (uint8 divided by 255); output ``[N, width]``. :meth:`class_attention` gives the class
-    token's attention over the patches, per head.
     """
 
     def __init__(self, patch: int = 7, width: int = 64, depth: int = 4, heads: int = 4, mlp_ratio: int = 2,

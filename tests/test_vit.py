@@ -151,6 +151,15 @@ def test_bad_options():
         ViT(freeze_patch_projection="yes")
 
 
+def test_the_patchify_checker_agrees_with_unfold():
+    from clbook.exercises import check_patchify
+
+    x = torch.rand(3, 1, 28, 28)
+    for p in (4, 7, 14):
+        expected = F.unfold(x, kernel_size=p, stride=p).transpose(1, 2)
+        torch.testing.assert_close(check_patchify.reference(x, p), expected, rtol=0, atol=0)
+
+
 # ----------------------------------------------------------------------------- DINO's last layer
 
 

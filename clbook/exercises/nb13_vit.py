@@ -24,7 +24,10 @@ __all__ = ["check_patchify", "check_dino_loss"]
 
 
 def _patchify_reference(x, p):
-    return F.unfold(x, kernel_size=p, stride=p).transpose(1, 2)  # [N, P, p*p], patches row by row
+    n, _, s, _ = x.shape
+    g = s // p
+    # [N, g, p, g, p] (patch row, pixel row, patch column, pixel column) -> [N, g*g, p*p], patches row by row
+    return x.reshape(n, g, p, g, p).permute(0, 1, 3, 2, 4).reshape(n, g * g, p * p)
 
 
 def _patchify_cases() -> list[Case]:

@@ -63,7 +63,11 @@ def teacher_probabilities(teacher: Tensor, center: Tensor | None = None, tempera
     """
     _check_embeddings("teacher", teacher)
     _check_center(center, teacher.shape[1])
-    temperature = _check_positive("temperature", temperature)
+    return _targets(teacher, center, _check_positive("temperature", temperature))
+
+
+def _targets(teacher: Tensor, center: Tensor | None, temperature: float) -> Tensor:
+    """:func:`teacher_probabilities` without the checks (the inputs are checked by the caller)."""
     (t,), _ = _to_float32(teacher.detach())
     if center is not None:
         t = t - center.detach().reshape(1, -1).to(t.dtype)
@@ -113,7 +117,7 @@ def dino_loss(student: list[Tensor], teacher: list[Tensor], center: Tensor | Non
     _check_center(center, teacher[0].shape[1])
     _, dtype = _to_float32(*student, *teacher)  # the dtype returned: the inputs' promoted one
     compute = torch.float64 if dtype == torch.float64 else torch.float32  # half precision: float32
-    targets = [teacher_probabilities(t, center, teacher_temperature).to(compute) for t in teacher]  # G x [B, K]
+    targets = [_targets(t, center, teacher_temperature).to(compute) for t in teacher]  # G x [B, K]
     log_p = [F.log_softmax(s.to(compute) / student_temperature, dim=1) for s in student]  # V x [B, K]
     total, pairs = 0.0, 0
     for t, target in enumerate(targets):

@@ -61,6 +61,8 @@ class DINO(Method):
     norm_last_layer : bool, default True
         Fix the last layer's row lengths at 1 (:class:`~clbook.encoders.WeightNormLinear`).
 
+    Notes
+    -----
     Logged per epoch: ``"teacher_entropy"``, the mean entropy (nats) of the teacher's targets
     :math:`h(P_t)`; ``"kl"``, the loss minus that entropy, the mean
     :math:`\mathrm{KL}(P_t \Vert P_s)` over pairs of views; both averaged over the epoch's steps.

@@ -59,6 +59,8 @@ class MoCoV3(Method):
     proj_dim : int, optional
         Size of the head's output; read from the head if omitted.
 
+    Notes
+    -----
     Logged per epoch: ``"pos_cos"`` (mean cosine of a query with its positive key), ``"grad_norm"``
     (mean over the epoch's steps) and ``"max_grad_norm"``.
     """
