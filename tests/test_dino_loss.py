@@ -1,4 +1,4 @@
-"""DINO's loss: against a float64 loop, the official DINOLoss (transcribed), lightly's DINOLoss; gradients; bad input."""
+"""DINO's loss against a float64 loop, the official DINOLoss (transcribed) and lightly's; gradients; bad input."""
 
 from __future__ import annotations
 
@@ -193,8 +193,8 @@ def test_inputs_are_not_modified_and_eval_mode_keeps_the_center():
         (lambda a: {**a, "teacher": [a["teacher"][0][0]] + a["teacher"][1:]}, r"\[N, D\]"),
         (lambda a: {**a, "center": torch.zeros(5)}, "center must have shape"),
         (lambda a: {**a, "center": torch.full((9,), float("nan"))}, "NaN"),
-        (lambda a: {**a, "teacher": [a["teacher"][0].masked_fill(a["teacher"][0] > 1, float("inf"))] + a["teacher"][1:]},
-         "NaN or infinite"),
+        (lambda a: {**a, "teacher": [a["teacher"][0].masked_fill(a["teacher"][0] > 1, float("inf")),
+                                     *a["teacher"][1:]]}, "NaN or infinite"),
         (lambda a: {**a, "student_temperature": 0.0}, "student_temperature"),
         (lambda a: {**a, "teacher_temperature": -0.04}, "teacher_temperature"),
         (lambda a: {**a, "student": [s.long() for s in a["student"]]}, "floating-point"),

@@ -2,7 +2,8 @@ r"""DINO's self-distillation loss (Caron et al., 2021): the student predicts the
 
 .. math:: P_t = \operatorname{softmax}\big((g_t - c) / \tau_t\big), \qquad
           \log P_s = \operatorname{log\,softmax}(g_s / \tau_s), \qquad
-          L = \operatorname{mean}_{(t, s),\ s \ne t}\ \operatorname{mean}_i \Big[-\sum_k P_t^{(t)}[i, k]\,\log P_s^{(s)}[i, k]\Big]
+          L = \operatorname{mean}_{(t, s),\ s \ne t}\ \operatorname{mean}_i
+              \Big[-\sum_k P_t^{(t)}[i, k]\,\log P_s^{(s)}[i, k]\Big]
 
 Shapes: ``student`` is a list of V tensors ``[B, K]``, the student's outputs on V views (the
 global views first, then the local ones); ``teacher`` a list of G <= V tensors ``[B, K]``, the
