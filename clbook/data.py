@@ -36,7 +36,7 @@ import os
 import re
 import socket
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -56,6 +56,7 @@ __all__ = [
     "train_val_split",
     "md5sum",
     "DigitAugment",
+    "MultiCrop",
     "SIMCLR_AUGMENT",
     "LIGHT_AUGMENT",
     "SpeechSequences",
@@ -471,18 +472,117 @@ class DigitAugment:
         )
         return theta
 
-    def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Augment a batch ``x`` of shape [N, C, H, W]; returns a new tensor of the same shape."""
-        if not isinstance(x, Tensor) or x.dim() != 4:
-            raise ValueError(f"expected images of shape [N, C, H, W], got {tuple(getattr(x, 'shape', ()))}")
-        x = check_images("x", x)
-        theta = self.matrices(x.shape[0], generator).to(device=x.device, dtype=x.dtype)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    def __call__(self, x: Tensor, generator: torch.Generator | None = None, size: int | None = None) -> Tensor:
+        """Augment a batch ``x`` of shape [N, C, H, W].
+
+        Returns a new float tensor ``[N, C, H, W]``, or ``[N, C, size, size]`` if ``size`` is given:
+        the same random crops, rendered at that many pixels a side (multi-crop's small views).
+        """
+        x = _batch_of_images(x)
+        return self.render(x, self.matrices(x.shape[0], generator), size)
+
+    def render(self, x: Tensor, theta: Tensor, size: int | None = None) -> Tensor:
+        """Warp ``x`` [N, C, H, W] by affine matrices ``theta`` [N, 2, 3] (from :meth:`matrices`).
+
+        The output is ``[N, C, H, W]``, or ``[N, C, size, size]``: the output square [-1, 1]^2 maps
+        onto the crop ``theta`` describes in the input, whatever the number of pixels it is sampled
+        with. Bilinear sampling, zeros outside the image.
+        """
+        x = _batch_of_images(x)
+        if not isinstance(theta, Tensor) or tuple(theta.shape) != (x.shape[0], 2, 3):
+            raise ValueError(f"theta must have shape [{x.shape[0]}, 2, 3], got {tuple(getattr(theta, 'shape', ()))}")
+        side = None if size is None else check_int("size", size, 1)
+        shape = list(x.shape) if side is None else [*x.shape[:2], side, side]
+        grid = F.affine_grid(theta.to(device=x.device, dtype=x.dtype), shape, align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
     def two_views(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Two independently augmented views of every image in ``x``."""
         return self(x, generator), self(x, generator)
+
+    def views(self, x: Tensor, n_views: int, generator: torch.Generator | None = None) -> list[Tensor]:
+        """``n_views`` independently augmented views of ``x`` [N, C, H, W], each ``[N, C, H, W]``.
+
+        The training loop's call (:func:`clbook.training.train_step`); the same draws, in the
+        same order, as ``n_views`` calls of the augmentation.
+        """
+        n_views = check_int("n_views", n_views, 1)
+        return [self(x, generator) for _ in range(n_views)]
+
+
+def _batch_of_images(x: Tensor) -> Tensor:
+    """``x`` checked to be a batch of images [N, C, H, W] in [0, 1] (uint8 becomes float32 / 255)."""
+    if not isinstance(x, Tensor) or x.dim() != 4:
+        raise ValueError(f"expected images of shape [N, C, H, W], got {tuple(getattr(x, 'shape', ()))}")
+    return check_images("x", x)
+
+
+@dataclass
+class MultiCrop:
+    """Multi-crop augmentation (SwAV, Caron et al., 2020; also DINO): a few large views and several small ones.
+
+    Every image gets ``n_global`` global views, random crops covering much of the image
+    (``global_augment``), rendered at the input's size, and ``n_local`` local views, small crops
+    (``local_augment``, a few tenths of the image's area) rendered at only ``local_size`` pixels a
+    side. Matching a small crop to a large one asks a representation to recognise a digit from a
+    part of it; rendering the small crops at a low resolution is what makes them cheap: a 14x14
+    view costs a convolutional encoder about a quarter of a 28x28 one. A local crop of 10-40 % of a
+    28x28 digit spans about 9 to 18 of its pixels a side, so 14 pixels keep roughly its own
+    resolution (bilinear sampling needs no anti-aliasing there).
+
+    Parameters
+    ----------
+    global_augment : DigitAugment, default scale (0.4, 1.0), 20 degrees, 0.1 translation
+        The crops of the global views (the settings of :data:`SIMCLR_AUGMENT`).
+    local_augment : DigitAugment, default scale (0.1, 0.4), 20 degrees, 0.1 translation
+        The crops of the local views.
+    n_global : int, default 2
+        At least 1.
+    n_local : int, default 4
+        At least 0.
+    local_size : int, default 14
+        Side of the local views in pixels.
+
+    Attributes
+    ----------
+    n_views : int
+        ``n_global + n_local``, the views a method must ask for (``method.n_views``).
+    """
+
+    global_augment: DigitAugment = field(
+        default_factory=lambda: DigitAugment(scale=(0.4, 1.0), degrees=20.0, translate=0.1))
+    local_augment: DigitAugment = field(
+        default_factory=lambda: DigitAugment(scale=(0.1, 0.4), degrees=20.0, translate=0.1))
+    n_global: int = 2
+    n_local: int = 4
+    local_size: int = 14
+
+    def __post_init__(self) -> None:
+        for name in ("global_augment", "local_augment"):
+            if not isinstance(getattr(self, name), DigitAugment):
+                raise ValueError(f"{name} must be a DigitAugment, got {type(getattr(self, name)).__name__}")
+        self.n_global = check_int("n_global", self.n_global, 1)
+        self.n_local = check_int("n_local", self.n_local, 0)
+        self.local_size = check_int("local_size", self.local_size, 1)
+
+    @property
+    def n_views(self) -> int:
+        return self.n_global + self.n_local
+
+    def views(self, x: Tensor, n_views: int, generator: torch.Generator | None = None) -> list[Tensor]:
+        """The multi-crop views of a batch ``x`` [B, C, H, W].
+
+        Returns a list of ``n_global`` global views ``[B, C, H, W]`` followed by ``n_local`` local
+        views ``[B, C, local_size, local_size]``, all float, drawn in that order from ``generator``.
+        ``n_views`` must equal ``n_global + n_local`` (the method's ``n_views``).
+        """
+        if n_views != self.n_views:
+            raise ValueError(f"this MultiCrop makes {self.n_global} + {self.n_local} = {self.n_views} views, "
+                             f"but {n_views} were asked for (the method's n_views)")
+        x = _batch_of_images(x)
+        out = [self.global_augment(x, generator) for _ in range(self.n_global)]
+        out += [self.local_augment(x, generator, size=self.local_size) for _ in range(self.n_local)]
+        return out
 
 
 # Strong enough that SimCLR cannot solve its task by matching pixels.

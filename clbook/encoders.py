@@ -37,6 +37,9 @@ __all__ = [
     "CPCEncoder",
     "CPCPredictor",
     "BagOfWordsEncoder",
+    "ViT",
+    "ViTBlock",
+    "WeightNormLinear",
 ]
 
 
@@ -492,7 +495,201 @@ class BagOfWordsEncoder(nn.Module):
         mean = (self.embed(ids) * present[..., None]).sum(dim=1) / count  # [N, embed_dim]
         return self.fc(torch.relu(mean))
 
-ENCODERS = {"mlp": MLPEncoder, "cnn": ConvEncoder, "fc": FCEncoder, "notes-mlp": NotesMLP, "notes-cnn": NotesCNN}
+
+# ----------------------------------------------------------------------------- notebook 13: a small Vision Transformer
+
+
+class ViTBlock(nn.Module):
+    r"""One pre-norm Transformer block: ``x + Attn(LN(x))``, then ``x + MLP(LN(x))``.
+
+    Multi-head self-attention over T tokens of width W with H heads of size ``d = W / H``: every
+    token is projected to a query, a key and a value per head, and head h mixes the values with
+    the weights :math:`A_h = \operatorname{softmax}(Q_h K_h^T / \sqrt d)` ``[T, T]`` (row t: how
+    much token t reads from each token); the heads' outputs are concatenated and projected back
+    to W. The MLP is ``W -> mlp_ratio * W -> W`` with a GELU, as in ViT (Dosovitskiy et al., 2021).
+
+    Shapes: input and output ``[N, T, W]``. With ``keep_attention=True`` the last call's attention
+    weights are kept in ``self.attention``, ``[N, H, T, T]`` (detached).
+    """
+
+    def __init__(self, width: int = 64, heads: int = 4, mlp_ratio: int = 2) -> None:
+        super().__init__()
+        width, heads, mlp_ratio = _sizes(width=width, heads=heads, mlp_ratio=mlp_ratio)
+        if width % heads:
+            raise ValueError(f"width ({width}) must be a multiple of heads ({heads})")
+        self.width, self.heads = width, heads
+        self.norm1 = nn.LayerNorm(width, eps=1e-6)  # ViT's (and DINO's) epsilon
+        self.qkv = nn.Linear(width, 3 * width)  # queries, keys and values of every head, in that order
+        self.proj = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(width, mlp_ratio * width), nn.GELU(), nn.Linear(mlp_ratio * width, width))
+        self.keep_attention = False
+        self.attention: Tensor | None = None
+
+    def attend(self, x: Tensor) -> Tensor:
+        """The attention part alone (no residual): ``[N, T, W] -> [N, T, W]``."""
+        n, t, w = x.shape
+        # [N, T, 3W] -> [3, N, H, T, d]: one query, key and value per token and head.
+        q, k, v = self.qkv(x).view(n, t, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        weights = torch.softmax(q @ k.transpose(-2, -1) * (w // self.heads) ** -0.5, dim=-1)  # [N, H, T, T]
+        if self.keep_attention:
+            self.attention = weights.detach()
+        return self.proj((weights @ v).transpose(1, 2).reshape(n, t, w))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attend(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class ViT(nn.Module):
+    """A small Vision Transformer for 28 x 28 digits (and smaller square crops of them).
+
+    ``[N, 1, S, S]`` is cut into ``(S / patch)^2`` patches of ``patch x patch`` pixels; each patch
+    is flattened and mapped linearly to a token of ``width`` numbers (the *patch projection*, a
+    convolution with kernel and stride ``patch``: the same linear map on every patch). A learned
+    class token is put in front, a learned position embedding is added to every token, and
+    ``depth`` :class:`ViTBlock` s let every token attend to every other. The features are the
+    class token's output after a final layer norm, ``[N, width]``.
+
+    The position embedding is learned for the 28 x 28 grid (4 x 4 patches of 7 pixels). A smaller
+    crop (DINO's local crops, e.g. 14 x 14: 2 x 2 patches) gets the grid's embeddings resized by
+    bicubic interpolation, as DINO's ViT does; the class token's embedding is used as it is.
+
+    Shapes: input ``[N, 1, S, S]`` with ``S`` a multiple of ``patch``, at most ``image_size``
+    (uint8 divided by 255); output ``[N, width]``. :meth:`class_attention` gives the class
+    token's attention over the patches, per head.
+
+    Parameters
+    ----------
+    patch : int, default 7
+    width : int, default 64
+    depth : int, default 4
+    heads : int, default 4
+    mlp_ratio : int, default 2
+    image_size : int, default 28
+        Side of the grid the position embedding is learned for.
+    freeze_patch_projection : bool, default False
+        Keep the random patch projection fixed (``requires_grad=False``): MoCo v3's remedy for
+        its training instability (Chen, Xie and He, 2021).
+    """
+
+    def __init__(self, patch: int = 7, width: int = 64, depth: int = 4, heads: int = 4, mlp_ratio: int = 2,
+                 image_size: int = 28, freeze_patch_projection: bool = False) -> None:
+        super().__init__()
+        patch, width, depth, image_size = _sizes(patch=patch, width=width, depth=depth, image_size=image_size)
+        if image_size % patch:
+            raise ValueError(f"image_size ({image_size}) must be a multiple of patch ({patch})")
+        self.patch, self.width, self.image_size, self.out_dim = patch, width, image_size, width
+        self.grid = image_size // patch
+        self.patch_projection = nn.Conv2d(1, width, kernel_size=patch, stride=patch)
+        self.class_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.position = nn.Parameter(torch.zeros(1, 1 + self.grid**2, width))
+        nn.init.trunc_normal_(self.class_token, std=0.02)
+        nn.init.trunc_normal_(self.position, std=0.02)
+        self.blocks = nn.ModuleList(ViTBlock(width, heads, mlp_ratio) for _ in range(depth))
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.frozen_patch_projection = check_bool("freeze_patch_projection", freeze_patch_projection)
+        self.patch_projection.requires_grad_(not self.frozen_patch_projection)
+
+    def _check(self, x: Tensor) -> Tensor:
+        name = type(self).__name__
+        if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != 1 or x.shape[2] != x.shape[3]:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"{name} expects square images [N, 1, S, S], got {shape}")
+        s = x.shape[2]
+        if s % self.patch or not self.patch <= s <= self.image_size:
+            raise ValueError(f"{name} expects a side S that is a multiple of {self.patch} up to {self.image_size}, "
+                             f"got {s}")
+        return check_images(f"{name} input", x)
+
+    def position_embedding(self, grid: int) -> Tensor:
+        """Position embeddings ``[1, 1 + grid^2, width]`` for a ``grid x grid`` patch grid (interpolated if smaller)."""
+        if grid == self.grid:
+            return self.position
+        cls, patches = self.position[:, :1], self.position[:, 1:]
+        patches = patches.reshape(1, self.grid, self.grid, self.width).permute(0, 3, 1, 2)  # [1, W, g, g]
+        patches = nn.functional.interpolate(patches, size=(grid, grid), mode="bicubic", align_corners=False)
+        return torch.cat([cls, patches.permute(0, 2, 3, 1).reshape(1, grid * grid, self.width)], dim=1)
+
+    def tokens(self, x: Tensor) -> Tensor:
+        """The input tokens ``[N, 1 + P, width]``: the class token, then the P patches, with positions."""
+        x = self._check(x)
+        patches = self.patch_projection(x).flatten(2).transpose(1, 2)  # [N, P, W], patches row by row
+        grid = x.shape[2] // self.patch
+        tokens = torch.cat([self.class_token.expand(len(x), -1, -1), patches], dim=1)
+        return tokens + self.position_embedding(grid)
+
+    def forward(self, x: Tensor) -> Tensor:
+        t = self.tokens(x)
+        for block in self.blocks:
+            t = block(t)
+        return self.norm(t[:, 0])
+
+    @torch.no_grad()
+    def class_attention(self, x: Tensor, block: int = -1) -> Tensor:
+        """How much the class token attends to each patch, per head, in ``block`` (default the last).
+
+        Returns ``[N, heads, g, g]`` (``g = S / patch``): row ``[0]`` of each head's attention
+        weights without the class token's weight on itself, as a patch grid; each map sums to at
+        most 1. Computed in eval mode without gradient; the training mode is restored after.
+        """
+        chosen = self.blocks[block]
+        mode, chosen.keep_attention = self.training, True
+        self.eval()
+        try:
+            self(x)
+            weights = chosen.attention
+        finally:
+            chosen.keep_attention, chosen.attention = False, None
+            self.train(mode)
+        grid = x.shape[2] // self.patch
+        return weights[:, :, 0, 1:].reshape(len(x), -1, grid, grid)
+
+
+class WeightNormLinear(nn.Module):
+    r"""DINO's last layer: L2-normalize the input, then a weight-normalized linear map without bias.
+
+    Every output unit k has the weight :math:`w_k = g_k\, v_k / \lVert v_k \rVert` (weight
+    normalization, Salimans and Kingma, 2016): the direction :math:`v_k` and the length
+    :math:`g_k` are separate parameters. DINO fixes :math:`g_k = 1` (``norm_last_layer=True``):
+    the outputs are then cosines between the normalized input and K unit vectors, in [-1, 1], like
+    SwAV's prototype scores; the paper found this steadies training.
+
+    Parameters
+    ----------
+    in_dim : int
+        The bottleneck size (the projection head's output).
+    out_dim : int
+        K, the number of outputs the softmax is taken over.
+    norm_last_layer : bool, default True
+        Keep every :math:`g_k` at 1 (not trained).
+
+    Shapes: input ``[N, in_dim]``, output ``[N, out_dim]``.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, norm_last_layer: bool = True) -> None:
+        super().__init__()
+        in_dim, out_dim = _sizes(in_dim=in_dim, out_dim=out_dim)
+        self.in_dim, self.out_dim = in_dim, out_dim
+        self.direction = nn.Parameter(torch.empty(out_dim, in_dim))  # v, one row per output
+        nn.init.trunc_normal_(self.direction, std=0.02)
+        self.length = nn.Parameter(torch.ones(out_dim, 1),  # g
+                                   requires_grad=not check_bool("norm_last_layer", norm_last_layer))
+
+    def weight(self) -> Tensor:
+        """The effective weight ``[out_dim, in_dim]``: every row ``g_k v_k / ||v_k||``."""
+        return self.length * self.direction / torch.linalg.vector_norm(self.direction, dim=1, keepdim=True)
+
+    def forward(self, z: Tensor) -> Tensor:
+        _check_input(z, (self.in_dim,), type(self).__name__)
+        return nn.functional.linear(nn.functional.normalize(z, dim=1), self.weight())
+
+    def extra_repr(self) -> str:
+        return f"in_dim={self.in_dim}, out_dim={self.out_dim}, trained_length={self.length.requires_grad}"
+
+
+ENCODERS = {"mlp": MLPEncoder, "cnn": ConvEncoder, "fc": FCEncoder, "notes-mlp": NotesMLP, "notes-cnn": NotesCNN,
+            "vit": ViT}
 
 
 def make_encoder(kind: str, seed: int | None = None, **kwargs) -> nn.Module:

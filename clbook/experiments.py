@@ -72,8 +72,11 @@ MNIST_SEEDS = {**{key: r.seeds for key, r in RECIPES.items() if len(r.seeds) > 1
 # The rows of `python -m clbook reproduce` after Iris: per encoder, its methods in registry order,
 # then its random twin; and their epochs with --quick.
 PIXELS = ("pixels", "raw")  # the row of raw pixels: no encoder at all
-MNIST_ROWS = [PIXELS] + [key for kind in _KINDS for key in [*(k for k, r in RECIPES.items() if k[0] == kind and r.reproduce),
-                                                 (kind, "random")]]
+# An encoder none of whose recipes has a row (notebook 13's ViT) gets no twin's row either.
+MNIST_ROWS = [PIXELS] + [key for kind in _KINDS
+                         if any(r.reproduce for (k, _), r in RECIPES.items() if k == kind)
+                         for key in [*(k for k, r in RECIPES.items() if k[0] == kind and r.reproduce),
+                                     (kind, "random")]]
 QUICK_EPOCHS = {key: r.quick_epochs for key, r in RECIPES.items()}
 # Positive pairs for the alignment column: two draws of the strong augmentation of each held-out
 # digit, from a fixed generator, the same for every row (so the column compares encoders, not

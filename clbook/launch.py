@@ -248,7 +248,8 @@ def run_pretrain(args: argparse.Namespace) -> dict:
                          f"global batch ({_count(world, 'process', 'processes')} x --batch-size {args.batch_size})")
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank
-    encoder, head = make_encoder("cnn"), ProjectionHead(128, 128, 64, **head_options)
+    encoder = make_encoder(REGISTRY[args.method].recipes[0].encoder)  # the recipe's: the CNN, or notebook 13's ViT
+    head = ProjectionHead(encoder.out_dim, 128, 64, **head_options)
     method = make_method(args.method, temperature, **options)
     check_method_data(method, y, augment)
     method.num_samples, method.gather = len(X), world > 1

@@ -89,13 +89,19 @@ def train_step(method: Method, encoder: nn.Module, head: nn.Module, optimizer: t
                step: int, total_steps: int) -> float:
     """One optimizer step of any method: the per-step code of :func:`pretrain` and ``python -m clbook pretrain``.
 
-    Draws ``method.n_views`` augmented views of the batch ``xb`` (or uses ``xb`` itself without
-    an augmentation), computes the method's loss, backpropagates, averages the gradients over
+    Draws ``method.n_views`` augmented views of the batch ``xb`` with ``augment.views`` (or
+    ``augment(xb, generator)`` once per view for a plain callable; ``xb`` itself without an
+    augmentation), computes the method's loss, backpropagates, averages the gradients over
     the processes when several train together (:func:`clbook.distributed.average_gradients`; a
     no-op with one), and steps the optimizer and the scheduler, with the method's hooks around
     the step. Returns the loss of the (global) batch.
     """
-    views = [augment(xb, generator) for _ in range(method.n_views)] if augment is not None else [xb]
+    if augment is None:
+        views = [xb]
+    elif hasattr(augment, "views"):  # DigitAugment, MultiCrop: the same draws as n_views calls for DigitAugment
+        views = augment.views(xb, method.n_views, generator)
+    else:  # any callable augment(x, generator)
+        views = [augment(xb, generator) for _ in range(method.n_views)]
     loss = method.loss(encoder, head, views, yb, index)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"loss became {loss.item()} at step {step + 1}; lower lr?")
@@ -116,6 +122,10 @@ def check_method_data(method: Method, y: Tensor | None, augment) -> None:
         raise ValueError(f"{method.name} needs labels y")
     if method.needs_augment and method.n_views > 1 and augment is None:
         raise ValueError(f"{method.name} needs an augment: without it all views are identical")
+    made = getattr(augment, "n_views", None)  # a MultiCrop makes a fixed number of views
+    if made is not None and made != method.n_views:
+        raise ValueError(f"the augment makes {made} views but {method.name} takes {method.n_views} "
+                         "(the method must take as many views as the augment makes)")
 
 
 def _check_data(X: Tensor, y: Tensor | None) -> None:
@@ -187,8 +197,10 @@ def pretrain(
         Passed to a named method that takes a temperature.
     augment : callable, optional
         ``augment(x_batch, generator) -> x_batch`` drawing fresh randomness per sample, e.g.
-        :class:`clbook.data.DigitAugment`. With it every sample contributes ``method.n_views``
-        views; without it, one (SupCon with labels still has positives: the other samples of its
+        :class:`clbook.data.DigitAugment`, or an object with a method
+        ``views(x_batch, n_views, generator) -> list of batches`` such as
+        :class:`clbook.data.MultiCrop` (whose views may differ in size). With it every sample
+        contributes ``method.n_views`` views; without it, one (SupCon with labels still has positives: the other samples of its
         class).
     val : (X_ref, y_ref, X_val, y_val), optional
         Reference and validation sets for monitoring: after each epoch, kNN accuracy of

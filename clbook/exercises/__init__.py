@@ -53,6 +53,8 @@ key       checker                                  module              the learn
 12.1      :data:`.check_multiview_loss`            nb12_cmc_clip       CMC's loss, core pairs or the full graph
 12.2      :data:`.check_clip_loss`                 nb12_cmc_clip       CLIP's symmetric loss with a learned scale
 12.3      :data:`.check_prompt_ensemble`           nb12_cmc_clip       zero-shot classes from a prompt ensemble
+13.1      :data:`.check_patchify`                  nb13_vit            a ViT's patches, row by row
+13.2      :data:`.check_dino_loss`                 nb13_vit            DINO's loss, centered and sharpened teacher
 ========  =======================================  ==================  ===========================================
 
 To add a checker to notebook NN, write it in ``clbook/exercises/nbNN_<topic>.py`` (a new notebook
@@ -86,6 +88,7 @@ from clbook.exercises.nb09_swav import check_sinkhorn, check_swav_loss
 from clbook.exercises.nb10_batchnorm import check_weight_standardization, check_group_norm, check_predictor_gradient
 from clbook.exercises.nb11_cpc import check_cpc_mi_bound, check_cpc_sequence_loss, check_cpc_step_loss
 from clbook.exercises.nb12_cmc_clip import check_multiview_loss, check_clip_loss, check_prompt_ensemble
+from clbook.exercises.nb13_vit import check_patchify, check_dino_loss
 
 __all__ = [
     "Case",
@@ -127,4 +130,6 @@ __all__ = [
     "check_multiview_loss",
     "check_clip_loss",
     "check_prompt_ensemble",
+    "check_patchify",
+    "check_dino_loss",
 ]

@@ -1,13 +1,13 @@
 """Contrastive losses: DrLIM margin loss, triplet loss, NT-Xent (SimCLR), SupCon and InfoNCE (MoCo);
 the losses without negatives of SimSiam (negative cosine) and BYOL (normalized MSE); SwAV's
-swapped prediction; the losses between views of different kinds, CMC's and CLIP's; and CPC's
-InfoNCE over predicted future latents.
+swapped prediction; the losses between views of different kinds, CMC's and CLIP's; CPC's
+InfoNCE over predicted future latents; and DINO's self-distillation.
 
 One file per loss family, each opening with the plain form of its loss (the formula, the shapes,
 the computation that runs on an ordinary batch), its fast path beside it and its ``nn.Module``
 wrapper after it: ``margin`` (DrLIM, triplet), ``nt_xent``, ``supcon``, ``info_nce``,
 ``no_negatives`` (negative cosine, normalized MSE), ``swav``, ``multiview`` (CMC), ``clip`` and
-``cpc`` (which calls ``info_nce_loss`` once per prediction step). Every public name is
+``cpc`` (which calls ``info_nce_loss`` once per prediction step) and ``dino``. Every public name is
 re-exported here: ``from clbook.losses import nt_xent_loss``. The machinery is private:
 ``_checks`` (input checks, the float32 rule, norms, the logits of the softmax losses) and
 ``_tiled`` (the tiled log-denominators, with the thresholds that decide when a loss tiles); the
@@ -46,6 +46,7 @@ from clbook.losses.supcon import SupConLoss, supcon_loss
 from clbook.losses.swav import swav_loss
 from clbook.losses.multiview import multiview_info_nce
 from clbook.losses.clip import clip_loss
+from clbook.losses.dino import DINOLoss, dino_loss, teacher_probabilities
 
 __all__ = [
     "margin_contrastive_loss",
@@ -60,10 +61,13 @@ __all__ = [
     "cpc_logits",
     "multiview_info_nce",
     "clip_loss",
+    "dino_loss",
+    "teacher_probabilities",
     "MarginContrastiveLoss",
     "TripletMarginLoss",
     "NTXentLoss",
     "SupConLoss",
     "InfoNCELoss",
     "CPCLoss",
+    "DINOLoss",
 ]

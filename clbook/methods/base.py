@@ -161,7 +161,7 @@ class Recipe:
 
     Attributes
     ----------
-    encoder : {"cnn", "fc"}
+    encoder : {"cnn", "fc", "vit"}
     epochs, batch_size, lr
         Adam settings; ``epochs`` is an upper bound, the epoch is chosen on validation digits.
     augment : callable
