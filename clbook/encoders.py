@@ -100,17 +100,32 @@ class ConvEncoder(nn.Module):
     ----------
     out_dim : int, default 128
     channels : (int, int), default (16, 32)
+    any_size : bool, default False
+        Also accept images of other sizes ``[N, 1, H, W]`` (H, W >= 2), such as multi-crop's
+        14x14 local views (:class:`clbook.data.MultiCrop`): the max-pools round up (``ceil_mode``)
+        and an adaptive average pool brings the last feature map to 7x7 for the linear layer. On
+        28x28 inputs this computes exactly what the default does (even sizes pool the same either
+        way, and the adaptive pool of a 7x7 map is the identity), with the same parameters
+        (interchangeable ``state_dict``).
     """
 
-    def __init__(self, out_dim: int = 128, channels: tuple[int, int] = (16, 32)) -> None:
+    def __init__(self, out_dim: int = 128, channels: tuple[int, int] = (16, 32), any_size: bool = False) -> None:
         super().__init__()
         if not isinstance(channels, (tuple, list)) or len(channels) != 2:
             raise ValueError(f"channels must be a pair of positive integers, got {channels!r}")
         out_dim, c1, c2 = _sizes(out_dim=out_dim, **{"channels[0]": channels[0], "channels[1]": channels[1]})
         self.out_dim = out_dim
+        self.any_size = check_bool("any_size", any_size)
+        # The linear layer reads a 7x7 map, so other sizes need pooling to 7x7. It is an option, off
+        # by default, so that the default encoder and every result trained with it stay as they were;
+        # ceil_mode keeps the last row and column of odd maps (14 -> 7 -> 4, not 3) instead of
+        # dropping a seventh of a local crop. (Resizing 14x14 crops up to 28x28 instead would cost
+        # what a global view costs, which is what multi-crop's small views are there to avoid.)
+        pool = (lambda: nn.MaxPool2d(2, ceil_mode=True)) if self.any_size else (lambda: nn.MaxPool2d(2))
         self.features = nn.Sequential(
-            nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), pool(),
+            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), pool(),
+            *([nn.AdaptiveAvgPool2d(7)] if self.any_size else []),
             nn.Flatten(),
         )
         self.fc = nn.Linear(c2 * 7 * 7, out_dim)
@@ -119,7 +134,13 @@ class ConvEncoder(nn.Module):
         self.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = _images(x, type(self).__name__)
+        if self.any_size:
+            if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != 1 or min(x.shape[2:]) < 2:
+                raise ValueError(f"ConvEncoder expects input of shape [N, 1, H, W] with H, W >= 2, "
+                                 f"got {tuple(getattr(x, 'shape', ()))}")
+            x = check_images("ConvEncoder input", x)
+        else:
+            x = _images(x, type(self).__name__)
         # Flatten reads the logical [C, H, W] order whatever the layout, so fc sees the usual order.
         return self.fc(self.features(x.contiguous(memory_format=torch.channels_last)))
 

@@ -282,7 +282,8 @@ def train_mnist_swav(
     ``train_mnist_encoder(kind, "swav", ...)``, hence the same encoder; it also returns what that
     function throws away, so that held-out digits can be assigned to prototypes
     (``method.assign(encoder, head, X)``). ``overrides["method_options"]`` updates the configured
-    options rather than replacing them.
+    options rather than replacing them; ``overrides["encoder_options"]`` go to
+    :func:`clbook.encoders.make_encoder` (e.g. ``{"any_size": True}`` for multi-crop's small views).
 
     Returns
     -------
@@ -302,7 +303,7 @@ def train_mnist_swav(
     method = make_method("swav", cfg["temperature"], **options)
     set_seed(seed)
     X_fit, y_fit, X_val, y_val = train_val_split(split.X_train, split.y_train, MNIST_VAL_SIZE, seed)
-    encoder = make_encoder(kind, seed=seed)
+    encoder = make_encoder(kind, seed=seed, **cfg.pop("encoder_options", {}))
     head = ProjectionHead(encoder.out_dim, 128, 64, **cfg.pop("head", {}))
     ref = slice(0, MNIST_MONITOR_REF)
     # pretrain keeps the encoder of the best validation epoch; keep the head and the prototypes

@@ -144,3 +144,27 @@ def test_train_step_refuses_a_multicrop_with_the_wrong_number_of_views():
     with pytest.raises(ValueError, match="augment makes 6 views"):
         check_method_data(method, None, MultiCrop())
     check_method_data(method, None, MultiCrop(n_local=0))  # 2 views: fine
+
+
+def test_conv_encoder_any_size_is_the_default_on_28x28_and_takes_small_crops():
+    from clbook.encoders import ConvEncoder
+
+    torch.manual_seed(0)
+    plain = ConvEncoder(out_dim=32)
+    flexible = ConvEncoder(out_dim=32, any_size=True)
+    flexible.load_state_dict(plain.state_dict())  # same parameters, same names
+    x = _digits(4)
+    torch.testing.assert_close(flexible(x), plain(x), rtol=0, atol=0)
+    assert flexible(torch.rand(3, 1, 14, 14)).shape == (3, 32)
+    # A 14x14 crop pools 14 -> 7 -> 4 (ceil_mode keeps the last row and column): the bottom-right
+    # pixel of a local crop still reaches the features.
+    small = torch.zeros(1, 1, 14, 14)
+    poked = small.clone()
+    poked[..., 13, 13] = 1.0
+    assert not torch.equal(flexible(small), flexible(poked))
+    with pytest.raises(ValueError, match=r"\[N, 1, 28, 28\]"):
+        plain(torch.rand(2, 1, 14, 14))
+    with pytest.raises(ValueError, match="H, W >= 2"):
+        flexible(torch.rand(2, 1, 1, 14))
+    with pytest.raises(ValueError, match="any_size"):
+        ConvEncoder(any_size="yes")

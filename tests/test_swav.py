@@ -241,3 +241,98 @@ def test_assign_before_setup_is_a_clear_error():
     encoder, head = small_setup()
     with pytest.raises(RuntimeError, match="setup"):
         SwAV().assign(encoder, head, torch.randn(4, 8))
+
+
+# ----------------------------------------------------------------------------- multi-crop
+
+
+def _ce(scores, code, temperature):
+    """Cross-entropy of a soft code against softmax(scores / t), float64, one loop over rows."""
+    total = 0.0
+    for s, q in zip(scores.detach().double(), code.double()):
+        total -= float((q * torch.log_softmax(s / temperature, dim=0)).sum())
+    return total / len(scores)
+
+
+def test_swav_multicrop_loss_matches_a_loop_over_view_pairs():
+    from clbook.losses import swav_loss, swav_multicrop_loss
+
+    g = torch.Generator().manual_seed(0)
+    scores = [torch.randn(6, 5, generator=g) for _ in range(5)]
+    codes = [torch.softmax(torch.randn(6, 5, generator=g), dim=1) for _ in range(2)]
+    # Paper: each global view's code, predicted by each of the 4 other views, averaged.
+    expected = sum(_ce(scores[v], codes[gv], 0.2) for gv in range(2) for v in range(5) if v != gv) / (2 * 4)
+    assert swav_multicrop_loss(scores, codes, 0.2).item() == pytest.approx(expected, rel=1e-5)
+    # Two views, two codes: the two-view loss.
+    torch.testing.assert_close(swav_multicrop_loss(scores[:2], codes, 0.2),
+                               swav_loss(scores[0], scores[1], codes[0], codes[1], 0.2))
+    # Gradient reaches the scores, never the codes.
+    s = [t.clone().requires_grad_() for t in scores]
+    q = [t.clone().requires_grad_() for t in codes]
+    swav_multicrop_loss(s, q).backward()
+    assert all(t.grad is not None for t in s) and all(t.grad is None for t in q)
+    with pytest.raises(ValueError, match="at least 2 views"):
+        swav_multicrop_loss(scores[:1], codes[:1])
+    with pytest.raises(ValueError, match="codes"):
+        swav_multicrop_loss(scores[:2], codes + codes)
+    with pytest.raises(ValueError, match="shapes must match"):
+        swav_multicrop_loss([scores[0], scores[1][:3]], codes[:1])
+    with pytest.raises(ValueError, match="non-negative"):
+        swav_multicrop_loss(scores, [-codes[0]])
+
+
+def test_swav_multicrop_method_loss_against_plain_loop():
+    """SwAV(n_local=3) on 2 global 28x28 and 3 local 14x14 crops: codes from the globals only,
+    every other view predicts each; the encoder sees the local crops at their own size."""
+    from clbook.data import MultiCrop
+    from clbook.encoders import ConvEncoder, ProjectionHead
+    from clbook.methods import SwAV
+    from clbook.sinkhorn import sinkhorn_knopp
+
+    torch.manual_seed(0)
+    encoder, head = ConvEncoder(out_dim=16, any_size=True), ProjectionHead(16, 16, 8)
+    m = SwAV(n_prototypes=4, temperature=0.1, n_local=3)
+    assert m.n_views == 5
+    m.setup(encoder, head)
+    x = torch.rand(12, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    views = MultiCrop(n_local=3).views(x, 5, torch.Generator().manual_seed(2))
+    loss = m.loss(encoder, head, views, None, torch.arange(12))
+    # The reference: every view through the networks on its own (the head has no BatchNorm, so
+    # batching the views together changes nothing), codes of the two global views, then the loop.
+    scores = [F.normalize(head(encoder(v)), dim=1) @ m.prototypes.weight.T for v in views]
+    codes = [sinkhorn_knopp(s.detach(), m.epsilon, m.sinkhorn_iterations) for s in scores[:2]]
+    expected = sum(_ce(scores[v], codes[gv], 0.1) for gv in range(2) for v in range(5) if v != gv) / 8
+    assert loss.item() == pytest.approx(expected, rel=1e-4)
+    with pytest.raises(ValueError, match="takes 5 views, got 2"):
+        m.loss(encoder, head, views[:2], None, torch.arange(12))
+    with pytest.raises(ValueError, match="n_local"):
+        SwAV(n_local=-1)
+
+
+def test_swav_two_views_unchanged_and_multicrop_pretrains():
+    """n_local=0 is the two-view method; with a MultiCrop, pretrain runs and keeps the prototypes on the sphere."""
+    from clbook.data import MultiCrop
+    from clbook.encoders import ConvEncoder, ProjectionHead
+    from clbook.losses import swav_loss
+    from clbook.methods import SwAV
+    from clbook.training import pretrain
+
+    torch.manual_seed(0)
+    encoder, head = ConvEncoder(out_dim=16, any_size=True), ProjectionHead(16, 16, 8, batchnorm=True)
+    m = SwAV(n_prototypes=4)
+    m.setup(encoder, head)
+    x = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    views = [x, x.flip(3)]
+    scores = m.scores(head(encoder(torch.cat(views))))
+    expected = swav_loss(scores[:8], scores[8:], m.codes(scores[:8]), m.codes(scores[8:]), m.temperature)
+    torch.testing.assert_close(m.loss(encoder, head, views, None, torch.arange(8)), expected)
+
+    X = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    m = SwAV(n_prototypes=4, n_local=2)
+    h = pretrain(encoder, head, X, method=m, augment=MultiCrop(n_local=2, local_size=12), epochs=2,
+                 batch_size=32, progress=False, device="cpu")
+    assert all(np.isfinite(h.loss)) and h.steps == 4
+    torch.testing.assert_close(m.prototypes.weight.norm(dim=1), torch.ones(4))
+    with pytest.raises(ValueError, match="augment makes 6 views"):
+        pretrain(encoder, head, X, method=SwAV(n_prototypes=4, n_local=2), augment=MultiCrop(), epochs=1,
+                 batch_size=32, progress=False, device="cpu")

@@ -43,7 +43,7 @@ from clbook.losses.margin import MarginContrastiveLoss, TripletMarginLoss, margi
 from clbook.losses.no_negatives import negative_cosine_loss, normalized_mse_loss
 from clbook.losses.nt_xent import NTXentLoss, nt_xent_loss
 from clbook.losses.supcon import SupConLoss, supcon_loss
-from clbook.losses.swav import swav_loss
+from clbook.losses.swav import swav_loss, swav_multicrop_loss
 from clbook.losses.multiview import multiview_info_nce
 from clbook.losses.clip import clip_loss
 from clbook.losses.dino import DINOLoss, dino_loss, teacher_probabilities
@@ -57,6 +57,7 @@ __all__ = [
     "negative_cosine_loss",
     "normalized_mse_loss",
     "swav_loss",
+    "swav_multicrop_loss",
     "cpc_loss",
     "cpc_logits",
     "multiview_info_nce",

@@ -10,7 +10,7 @@ from clbook.checks import check_int, check_real
 from clbook.sinkhorn import sinkhorn_knopp
 from clbook.distributed import all_gather_rows
 from clbook.encoders import Prototypes
-from clbook.losses import swav_loss
+from clbook.losses import swav_loss, swav_multicrop_loss
 from clbook.methods.base import Method, output_dim
 
 __all__ = ["SwAV"]
@@ -47,6 +47,14 @@ class SwAV(Method):
         Epochs at the start during which the prototypes are not updated.
     dim : int, optional
         Size of the head's output; read from the head's last linear layer if omitted.
+    n_local : int, default 0
+        Multi-crop (:class:`clbook.data.MultiCrop` with ``n_global=2``): the method then takes
+        ``2 + n_local`` views, two global crops first, then the small local ones. As in the paper,
+        only the two global views get codes, and each global view's code is predicted from every
+        other view, local crops included (:func:`clbook.losses.swav_multicrop_loss`). The encoder
+        runs once per run of same-size views (the local crops are smaller: an encoder that takes
+        them, e.g. ``ConvEncoder(any_size=True)``), and the head once on all of them, so a
+        BatchNorm in the head sees every view, as in SwAV's code. 0: the two-view method.
 
     Attributes
     ----------
@@ -59,8 +67,11 @@ class SwAV(Method):
     """
 
     def __init__(self, n_prototypes: int = 10, temperature: float = 0.1, epsilon: float = 0.05,
-                 sinkhorn_iterations: int = 3, freeze_epochs: int = 1, dim: int | None = None) -> None:
+                 sinkhorn_iterations: int = 3, freeze_epochs: int = 1, dim: int | None = None,
+                 n_local: int = 0) -> None:
         super().__init__()
+        self.n_local = check_int("n_local", n_local, 0)
+        self.n_views = 2 + self.n_local
         self.n_prototypes = check_int("n_prototypes", n_prototypes, 2)
         self.temperature = check_real("temperature", temperature)
         self.epsilon = check_real("epsilon", epsilon)
@@ -104,16 +115,28 @@ class SwAV(Method):
 
     def loss(self, encoder: nn.Module, head: nn.Module, views: list[Tensor], y: Tensor | None,
              index: Tensor) -> Tensor:
+        if len(views) != self.n_views:
+            raise ValueError(f"SwAV(n_local={self.n_local}) takes {self.n_views} views, got {len(views)}")
         b = views[0].shape[0]
-        scores = self.scores(head(encoder(torch.cat(views))))  # [2B, K], one forward for both views
-        s1, s2 = scores[:b], scores[b:]
-        q1, q2 = self.codes(s1), self.codes(s2)
+        if self.n_local == 0:
+            scores = self.scores(head(encoder(torch.cat(views))))  # [2B, K], one forward for both views
+            s1, s2 = scores[:b], scores[b:]
+            q1, q2 = self.codes(s1), self.codes(s2)
+            self._count(scores, [q1, q2])
+            return swav_loss(s1, s2, q1, q2, self.temperature)
+        scores = self.scores(head(_encode_by_size(encoder, views)))  # [V * B, K]
+        per_view = list(scores.split(b))
+        codes = [self.codes(s) for s in per_view[:2]]  # the global crops only
+        self._count(scores, codes)
+        return swav_multicrop_loss(per_view, codes, self.temperature)
+
+    def _count(self, scores: Tensor, codes: list[Tensor]) -> None:
+        """Tally the epoch's figures: prototype wins over all views, code entropy."""
         with torch.no_grad():
             self._wins += torch.bincount(scores.argmax(dim=1).cpu(), minlength=self.n_prototypes)
-            q = torch.cat([q1, q2]).float()
+            q = torch.cat(codes).float()
             self._entropy += -(q * q.clamp_min(1e-30).log()).sum().item()
             self._seen += len(q)
-        return swav_loss(s1, s2, q1, q2, self.temperature)
 
     def start_epoch(self, epoch: int, epochs: int) -> None:
         self.frozen = epoch <= self.freeze_epochs
@@ -147,3 +170,17 @@ class SwAV(Method):
             encoder.train(modes[0])
             head.train(modes[1])
         return torch.cat(out)
+
+
+def _encode_by_size(encoder: nn.Module, views: list[Tensor]) -> Tensor:
+    """Features ``[V * B, D]`` of V views in order, one encoder call per run of same-size views.
+
+    Views of different sizes cannot share a batch; grouping consecutive ones (SwAV's code groups
+    its crops by resolution the same way) keeps it to two calls for multi-crop.
+    """
+    out, start = [], 0
+    for end in range(1, len(views) + 1):
+        if end == len(views) or views[end].shape != views[start].shape:
+            out.append(encoder(torch.cat(views[start:end])))
+            start = end
+    return torch.cat(out)
