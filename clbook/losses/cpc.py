@@ -14,7 +14,8 @@ of the anchor's own sequence, ``T - k`` candidates; with ``negatives="other"`` t
 the latents of the *other* sequences, ``(B - 1) (T - k) + 1`` candidates. The positive is one of
 them. Two options narrow the candidates further, to separate where the negatives come from from
 how many there are: ``exclude=w`` drops the anchor's own latents within w steps of the positive,
-and ``num_negatives=n`` keeps n negatives per anchor, drawn at random among those left.
+and ``num_negatives=n`` keeps n negatives per anchor, drawn at random (with replacement) among
+those left.
 
 The plain form, what runs: for ``"batch"``, step k is :func:`clbook.losses.info_nce_loss` in its
 in-batch form on the ``B (T - k)`` flattened predictions and targets (so it tiles past 2,048^2
@@ -29,6 +30,7 @@ negatives). CPC's own critic is log-bilinear,
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -100,15 +102,23 @@ def _prepared(x: Tensor, normalize: bool) -> Tensor:
     return F.normalize(x, dim=-1) if normalize else x
 
 
-def _allowed(b: int, n: int, negatives: str, exclude: int, device: torch.device) -> Tensor | None:
-    """Which candidates each anchor of a step meets, [B n, C] bool (positive included), or None for all.
+@functools.lru_cache(maxsize=64)
+def _candidates(b: int, n: int, negatives: str, exclude: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """Which candidates each anchor of a step meets, and a table of its negatives (cached: shapes only).
 
     Rows are the anchors ``(b, t)``, row ``b n + t`` with ``n = T - k``; columns the candidates in
     the layout of the logits: ``b' n + s`` (latent ``z[b', k + s]``) for "batch" and "other", ``s``
     for "sequence". The positive of row ``b n + t`` is the candidate ``(b, t)``.
+
+    Returns
+    -------
+    allowed : Tensor, shape [B n, C], bool
+        The candidates of each anchor, its positive included.
+    count : Tensor, shape [B n], int64
+        How many negatives each anchor has.
+    table : Tensor, shape [B n, max(count)], int64
+        Row r's first ``count[r]`` entries are the columns of its negatives, in increasing order.
     """
-    if exclude == 0 and negatives != "other":
-        return None
     row = torch.arange(b * n, device=device)
     col = torch.arange(n if negatives == "sequence" else b * n, device=device)
     if negatives == "sequence":
@@ -117,43 +127,43 @@ def _allowed(b: int, n: int, negatives: str, exclude: int, device: torch.device)
     else:
         same = (row // n)[:, None] == (col // n)[None, :]
         offset = (col % n)[None, :] - (row % n)[:, None]
-    allowed = ~(same & (offset != 0)) if negatives == "other" else torch.ones_like(same)
+    neighbour = same & (offset != 0)  # the anchor's own sequence, the positive left out
+    allowed = ~neighbour if negatives == "other" else torch.ones_like(same)
     if exclude:
-        allowed &= ~(same & (offset != 0) & (offset.abs() <= exclude))
-    return allowed
+        allowed &= ~(neighbour & (offset.abs() <= exclude))
+    negative = allowed & ~(same & (offset == 0))  # the positive is the candidate (b, t): same sequence, offset 0
+    count = negative.sum(dim=1)
+    table = torch.argsort((~negative).to(torch.int8), dim=1, stable=True)[:, : int(count.max())]
+    return allowed, count, table
 
 
 def _step_logits(query: Tensor, key: Tensor, negatives: str, exclude: int, num_negatives: int | None,
                  generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
     """Logits and targets of one step from ``query`` (prepared, divided by the temperature) and ``key``, [B, n, D]."""
     b, n, d = query.shape
+    narrowed = exclude > 0 or negatives == "other" or num_negatives is not None
+    if narrowed:
+        allowed, count, table = _candidates(b, n, negatives, exclude, query.device)
+        if int(count.min()) < 1:
+            raise ValueError(f"with negatives={negatives!r} and exclude={exclude}, some anchor has no negative "
+                             f"left among B = {b} sequences of {n} targets; use a smaller exclude or more sequences")
     if negatives == "sequence":
         logits = (query @ key.transpose(1, 2)).reshape(-1, n)  # [B n, n], one matrix per sequence
         target = torch.arange(n, device=query.device).repeat(b)
     else:
         logits = query.reshape(-1, d) @ key.reshape(-1, d).T  # [B n, B n]
         target = torch.arange(b * n, device=query.device)
-    allowed = _allowed(b, n, negatives, exclude, query.device)
-    if allowed is None and num_negatives is None:
+    if not narrowed:
         return logits, target
-    if allowed is None:
-        allowed = torch.ones_like(logits, dtype=torch.bool)
-    rows = torch.arange(len(target), device=query.device)
-    left = int(allowed.sum(dim=1).min()) - 1  # the fewest negatives any anchor has left
-    needed = 1 if num_negatives is None else num_negatives
-    if left < needed:
-        raise ValueError(f"with negatives={negatives!r} and exclude={exclude}, some anchor has only {left} "
-                         f"negative(s) left among B = {b} sequences of {n} targets, fewer than the {needed} needed; "
-                         "use a smaller exclude or num_negatives, or more sequences")
     if num_negatives is None:
         return logits.masked_fill(~allowed, float("-inf")), target
-    # n negatives per anchor, uniformly without replacement among those allowed: the n largest of
-    # uniform draws, with the positive and the dropped candidates sent below every draw.
-    draws = torch.rand(allowed.shape, generator=generator, device=generator.device if generator else query.device)
-    draws = draws.to(query.device).masked_fill(~allowed, -1.0)
-    draws[rows, target] = -1.0
-    picked = draws.topk(num_negatives, dim=1).indices  # [B n, num_negatives], columns of the logits
-    chosen = torch.cat([target[:, None], picked], dim=1)  # the positive first
+    # n negatives per anchor, each drawn uniformly among the anchor's negatives, with replacement
+    # (as CPC's implementations draw them): a uniform index into the row's table. (Picking the
+    # scores out of the whole matrix is faster on a CPU than scoring only the chosen keys.)
+    u = torch.rand(b * n, num_negatives, generator=generator,
+                   device=generator.device if generator is not None else query.device).to(query.device)
+    position = (u * count[:, None]).long().clamp_max(count[:, None] - 1)
+    chosen = torch.cat([target[:, None], table.gather(1, position)], dim=1)  # [B n, 1 + num], the positive first
     return logits.gather(1, chosen), torch.zeros_like(target)
 
 
@@ -184,7 +194,8 @@ def cpc_logits(predictions: Tensor, latents: Tensor, step: int, temperature: flo
         ``negatives="batch"`` or ``"other"``, ``C = T - k`` latents ``z[b, k:]`` with
         ``"sequence"``; a candidate the anchor does not meet (``"other"``'s own sequence, the
         latents that ``exclude`` drops) scores ``-inf``. With ``num_negatives=n``, ``C = n + 1``:
-        the positive's score in column 0, then those of the n negatives drawn for the row.
+        the positive's score in column 0, then those of the n negatives drawn for the row
+        (with replacement: a negative can appear twice).
     target : Tensor, shape [B (T - k)], int64
         The column of each row's positive, ``z[b, t + k]`` (0 with ``num_negatives``).
         ``cross_entropy(logits, target)`` is step k's loss, and ``logits.argmax(1) == target``
@@ -237,10 +248,11 @@ def cpc_loss(predictions: Tensor, latents: Tensor, temperature: float = 1.0, nor
         ``latents[b, t + k + j]`` for ``0 < |j| <= exclude``: the neighbours that share most with
         the positive. Anchors near either end lose fewer.
     num_negatives : int, or one int per step, optional
-        Keep only this many negatives per anchor (per step k if a sequence of K), drawn uniformly
-        without replacement, anew for every anchor and call, among the negatives that
-        ``negatives`` and ``exclude`` leave: a way to give two settings the same number of
-        candidates. The loss is then a random variable, the draws from ``generator``.
+        Keep only this many negatives per anchor (per step k if a sequence of K), each drawn
+        uniformly among the negatives that ``negatives`` and ``exclude`` leave, with replacement
+        (as CPC's implementations draw them) and anew for every anchor and call: a way to give two
+        settings the same number of candidates. The loss is then a random variable, the draws
+        from ``generator``.
     generator : torch.Generator, optional
         The random draws of ``num_negatives``; PyTorch's global generator if None.
     per_step : bool, default False

@@ -42,8 +42,8 @@ class CPC(Method):
     exclude : int, default 0
         Drop the anchor's own latents within this many steps of its positive from the candidates.
     num_negatives : int, or one int per prediction step, optional
-        Keep this many negatives per anchor, drawn at random (PyTorch's global generator) among
-        those left. See :func:`clbook.losses.cpc_loss` for all three.
+        Keep this many negatives per anchor, drawn at random with replacement (PyTorch's global
+        generator) among those left. See :func:`clbook.losses.cpc_loss` for all three.
     """
 
     n_views = 1
