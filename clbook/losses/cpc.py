@@ -21,11 +21,11 @@ The plain form, what runs: for ``"batch"``, step k is :func:`clbook.losses.info_
 in-batch form on the ``B (T - k)`` flattened predictions and targets (so it tiles past 2,048^2
 logits and gathers the targets of every process under ``gather_distributed``, as that loss
 does); for ``"sequence"``, a batched cross-entropy over logits ``[B, T - k, T - k]``, one small
-matrix per sequence, with the positive on the diagonal; the other settings, a cross-entropy over
-the same logits with the dropped candidates at ``-inf`` (or over the positive and the n drawn
-negatives). CPC's own critic is log-bilinear,
-``exp(z . W_k c)``: raw inner products, which are the defaults here (``temperature=1``,
-``normalize=False``).
+matrix per sequence, with the positive on the diagonal. The other settings build the same
+logits (the batch's whole ``[B (T - k), B (T - k)]`` matrix for ``"other"``: no tiling) and take
+a cross-entropy with the dropped candidates at ``-inf``, or over the positive and the n drawn
+negatives. CPC's own critic is log-bilinear, ``exp(z . W_k c)``: raw inner products, which are
+the defaults here (``temperature=1``, ``normalize=False``).
 """
 
 from __future__ import annotations
