@@ -17,9 +17,14 @@ from clbook.methods import CPC, METHODS, REGISTRY, make_method
 from clbook.training import pretrain, train_step
 
 
-def loop_reference(predictions, latents, temperature=1.0, normalize=False, negatives="batch"):
+def loop_reference(predictions, latents, temperature=1.0, normalize=False, negatives="batch", exclude=0,
+                   chosen=None):
     """CPC's loss written out: for every step k, every sequence b and time t with t + k < T, one softmax term.
 
+    The candidates of anchor (b, t) at step k are the latents z[c, s], k <= s < T, of the sequences c
+    that ``negatives`` names ("batch": all, "sequence": b, "other": all but b, plus the positive),
+    less those of sequence b within ``exclude`` steps of the positive; or, if ``chosen`` is given,
+    the positive and the negatives ``chosen[k][(b, t)]``, a list of (c, s) pairs.
     Returns the K per-step losses (float64), each the mean of -log p(positive) over its anchors.
     """
     p, z = predictions.double(), latents.double()
@@ -31,9 +36,13 @@ def loop_reference(predictions, latents, temperature=1.0, normalize=False, negat
         terms = []
         for b in range(B):
             for t in range(T - k):
-                others = range(B) if negatives == "batch" else [b]
-                candidates = [z[c, s] for c in others for s in range(k, T)]
-                scores = torch.stack([p[b, t, k - 1] @ cand for cand in candidates]) / temperature
+                if chosen is not None:
+                    pairs = [(b, t + k)] + list(chosen[k][b, t])
+                else:
+                    others = {"batch": range(B), "sequence": [b], "other": range(B)}[negatives]
+                    pairs = [(c, s) for c in others for s in range(k, T)
+                             if c != b or s == t + k or (negatives != "other" and abs(s - (t + k)) > exclude)]
+                scores = torch.stack([p[b, t, k - 1] @ z[c, s] for c, s in pairs]) / temperature
                 positive = p[b, t, k - 1] @ z[b, t + k] / temperature
                 terms.append(torch.logsumexp(scores, 0) - positive)
         losses.append(torch.stack(terms).mean())
@@ -59,6 +68,100 @@ def test_cpc_loss_matches_the_loop_reference(negatives, temperature, normalize):
     assert abs(cpc_loss(p, z, temperature, normalize, negatives=negatives).item() - expected.mean().item()) <= 1e-6
     module = CPCLoss(temperature, normalize, negatives=negatives)
     assert abs(module(p, z).item() - expected.mean().item()) <= 1e-6
+
+
+@pytest.mark.parametrize("negatives, exclude", [("other", 0), ("batch", 1), ("sequence", 1), ("sequence", 2),
+                                                ("batch", 5)])
+@pytest.mark.parametrize("temperature, normalize", [(1.0, False), (0.1, True)])
+def test_other_sequences_and_excluded_neighbours_match_the_loop_reference(negatives, exclude, temperature, normalize):
+    p, z = inputs(B=3, T=9, K=3)
+    expected = loop_reference(p, z, temperature, normalize, negatives, exclude)
+    per_step = cpc_loss(p, z, temperature, normalize, negatives=negatives, exclude=exclude, per_step=True)
+    assert (per_step - expected).abs().max().item() <= 1e-6
+    module = CPCLoss(temperature, normalize, negatives=negatives, exclude=exclude)
+    assert abs(module(p, z).item() - expected.mean().item()) <= 1e-6
+    for k in (1, 2, 3):  # the logits' dropped candidates score -inf, and the positive never is one of them
+        logits, target = cpc_logits(p, z, k, temperature, normalize, negatives=negatives, exclude=exclude)
+        assert abs(F.cross_entropy(logits, target).item() - expected[k - 1].item()) <= 1e-6
+        assert torch.isfinite(logits.gather(1, target[:, None])).all()
+
+
+def _coded(B, T, K):
+    """Inputs whose every score names its candidate: prediction 1, latent z[c, s] = 1 + c T + s (D = 1)."""
+    code = 1.0 + torch.arange(B * T, dtype=torch.float64).reshape(B, T, 1)
+    return torch.ones(B, T, K, 1, dtype=torch.float64), code
+
+
+@pytest.mark.parametrize("negatives, exclude, num_negatives", [("other", 0, [5, 4, 3]), ("batch", 0, 6),
+                                                               ("sequence", 1, 2), ("batch", 2, [9, 7, 40])])
+def test_drawn_negatives_are_allowed_and_give_the_loop_reference_on_those_draws(negatives, exclude, num_negatives):
+    B, T, K = 3, 8, 3
+    ones, code = _coded(B, T, K)
+    chosen = {}
+    g = torch.Generator().manual_seed(7)
+    for k in range(1, K + 1):
+        n = num_negatives[k - 1] if isinstance(num_negatives, list) else num_negatives
+        logits, target = cpc_logits(ones, code, k, negatives=negatives, exclude=exclude, num_negatives=num_negatives,
+                                    generator=g)
+        assert logits.shape == (B * (T - k), n + 1) and (target == 0).all()
+        chosen[k] = {}
+        for row, scores in enumerate(logits.long().tolist()):
+            b, t = divmod(row, T - k)
+            assert scores[0] == 1 + b * T + t + k  # the positive first
+            pairs = [divmod(v - 1, T) for v in scores[1:]]
+            for c, s in pairs:
+                assert k <= s < T and (c, s) != (b, t + k)  # a target of step k, not the positive
+                assert c != b or (negatives != "other" and abs(s - (t + k)) > exclude)
+                assert negatives != "sequence" or c == b
+            chosen[k][b, t] = pairs
+    # The draws depend on the shapes and the generator only: the same seed draws the same negatives for real inputs.
+    p, z = inputs(B=B, T=T, K=K, D=4, seed=8)
+    got = cpc_loss(p, z, 0.5, negatives=negatives, exclude=exclude, num_negatives=num_negatives,
+                   generator=torch.Generator().manual_seed(7), per_step=True)
+    expected = loop_reference(p, z, 0.5, chosen=chosen)
+    assert (got - expected).abs().max().item() <= 1e-6
+
+
+@pytest.mark.parametrize("negatives, exclude", [("other", 0), ("sequence", 1)])
+def test_every_allowed_negative_is_drawn_equally_often(negatives, exclude):
+    B, T, draws, n = 2, 7, 1000, 3
+    ones, code = _coded(B, T, 1)
+    logits, _ = cpc_logits(ones, code, 1, negatives=negatives, exclude=exclude)  # every anchor's candidates
+    g = torch.Generator().manual_seed(0)
+    counts = torch.zeros_like(logits)
+    for _ in range(draws):
+        drawn, _ = cpc_logits(ones, code, 1, negatives=negatives, exclude=exclude, num_negatives=n, generator=g)
+        counts += (drawn[:, 1:, None] == logits[:, None, :]).sum(dim=1)  # how often each candidate was drawn
+    positive = logits == code[:, 1:].reshape(-1, 1)
+    allowed = torch.isfinite(logits) & ~positive
+    share = counts / (draws * n)
+    expected = 1 / allowed.sum(dim=1, keepdim=True)
+    assert (counts[~allowed] == 0).all()
+    assert ((share - expected).abs()[allowed] <= 0.03).all()
+
+
+@pytest.mark.parametrize("kwargs, candidates", [
+    ({"negatives": "other"}, lambda B, T, k, t: (B - 1) * (T - k) + 1),
+    ({"negatives": "sequence", "exclude": 2}, lambda B, T, k, t: T - k - (min(t, 2) + min(T - k - 1 - t, 2))),
+    ({"negatives": "batch", "num_negatives": 5}, lambda B, T, k, t: 6),
+])
+def test_a_critic_that_knows_nothing_scores_log_of_each_anchors_candidates(kwargs, candidates):
+    B, T, K, D = 3, 9, 3, 2
+    p, z = torch.zeros(B, T, K, D, dtype=torch.float64), torch.randn(B, T, D, dtype=torch.float64)
+    per_step = cpc_loss(p, z, per_step=True, **kwargs)
+    expected = torch.tensor([sum(math.log(candidates(B, T, k, t)) for t in range(T - k)) / (T - k)
+                             for k in range(1, K + 1)], dtype=torch.float64)
+    assert torch.allclose(per_step, expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs", [{"negatives": "other"}, {"negatives": "sequence", "exclude": 1},
+                                    {"negatives": "batch", "exclude": 1, "num_negatives": 3}])
+def test_gradcheck_of_the_narrowed_candidates(kwargs):
+    p, z = inputs(B=2, T=6, K=2, D=3, seed=2)
+    p.requires_grad_(True)
+    z.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda a, b: cpc_loss(a, b, 0.7, generator=torch.Generator().manual_seed(0), **kwargs), (p, z))
 
 
 @pytest.mark.parametrize("negatives", ["batch", "sequence"])
@@ -140,6 +243,14 @@ def test_an_overflowing_loss_is_an_error_not_a_nan():
     ((torch.randn(1, 3, 2, 4), torch.randn(1, 3, 4)), {}, "needs at least one negative"),
     ((torch.randn(4, 3, 2, 4), torch.randn(4, 3, 4)), {"negatives": "sequence"}, "needs at least one negative"),
     ((torch.randn(2, 5, 2, 4), torch.randn(2, 5, 4)), {"negatives": "queue"}, "negatives must be one of"),
+    ((torch.randn(1, 5, 2, 4), torch.randn(1, 5, 4)), {"negatives": "other"}, "needs at least one negative"),
+    ((torch.randn(2, 5, 2, 4), torch.randn(2, 5, 4)), {"exclude": -1}, "exclude must be a non-negative integer"),
+    ((torch.randn(2, 5, 2, 4), torch.randn(2, 5, 4)), {"exclude": True}, "exclude must be a non-negative integer"),
+    ((torch.randn(2, 5, 2, 4), torch.randn(2, 5, 4)), {"num_negatives": 0}, "num_negatives must be None"),
+    ((torch.randn(2, 5, 2, 4), torch.randn(2, 5, 4)), {"num_negatives": [2]}, "gives 1 counts for K = 2"),
+    ((torch.randn(2, 5, 2, 4), torch.randn(2, 5, 4)), {"negatives": "sequence", "exclude": 3}, "no negative left"),
+    ((torch.randn(2, 5, 2, 4), torch.randn(2, 5, 4)), {"negatives": "other", "gather_distributed": True},
+     "gather_distributed works with"),
     ((torch.randn(2, 5, 2, 4), torch.randn(2, 5, 4), 0.0), {}, "temperature must be a positive"),
     ((torch.randn(2, 5, 2, 4).int(), torch.randn(2, 5, 4)), {}, "must be a floating-point tensor"),
     ((torch.full((2, 5, 2, 4), float("nan")), torch.randn(2, 5, 4)), {}, "NaN or infinite"),
@@ -223,6 +334,22 @@ def test_registered_without_a_recipe_and_built_by_name():
     assert method.negatives == "sequence" and method.n_views == 1 and not method.needs_augment
     with pytest.raises(ValueError, match="negatives must be one of"):
         make_method("cpc", negatives="queue")
+    with pytest.raises(ValueError, match="num_negatives must be None"):
+        make_method("cpc", num_negatives=-1)
+
+
+@pytest.mark.parametrize("options", [{"negatives": "sequence", "exclude": 1},
+                                     {"negatives": "other", "num_negatives": [4, 3]}])
+def test_the_method_passes_exclude_and_num_negatives_to_the_loss(options):
+    x = make_speech_sequences(n_speakers=2, n_sequences=3, length=256, seed=0).x
+    torch.manual_seed(0)
+    enc, head = CPCEncoder(hidden=8, latent_dim=8, context_dim=8, strides=(4, 8)), CPCPredictor(8, 8, steps=2)
+    method = make_method("cpc", **options)
+    torch.manual_seed(1)  # the draws of num_negatives come from the global generator
+    got = method.loss(enc, head, [x], None, torch.arange(3))
+    z = enc.encode(x)
+    expected = cpc_loss(head(enc.context(z)), z, generator=torch.Generator().manual_seed(1), **options)
+    assert torch.allclose(got, expected, atol=1e-6)
 
 
 def test_pretrain_runs_cpc_on_sequences_and_learns():

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor, nn
 
 from clbook.checks import check_choice
-from clbook.losses.cpc import NEGATIVES, cpc_loss
+from clbook.losses.cpc import NEGATIVES, _check_options, cpc_loss
 from clbook.methods.base import Method
 
 __all__ = ["CPC"]
@@ -28,21 +30,32 @@ class CPC(Method):
     monitoring and :func:`clbook.evaluation.extract_features` see.
 
     Several processes: with ``negatives="batch"`` the latents of every process are candidates for
-    every process's predictions; ``"sequence"`` needs nothing shared.
+    every process's predictions; ``"sequence"`` needs nothing shared; ``"other"``, ``exclude`` and
+    ``num_negatives`` in the batch's layout run in one process only.
 
     Parameters
     ----------
-    negatives : {"batch", "sequence"}, default "batch"
+    negatives : {"batch", "sequence", "other"}, default "batch"
         Where the negatives of a prediction come from: the latents of every sequence of the batch
-        (other sequences and other time steps, CPC's default), or only of its own sequence.
+        (other sequences and other time steps, CPC's default), only of its own sequence, or only
+        of the other sequences.
+    exclude : int, default 0
+        Drop the anchor's own latents within this many steps of its positive from the candidates.
+    num_negatives : int, or one int per prediction step, optional
+        Keep this many negatives per anchor, drawn at random with replacement (PyTorch's global
+        generator) among those left. See :func:`clbook.losses.cpc_loss` for all three.
     """
 
     n_views = 1
     needs_augment = False
 
-    def __init__(self, negatives: str = "batch") -> None:
+    def __init__(self, negatives: str = "batch", exclude: int = 0,
+                 num_negatives: int | Sequence[int] | None = None) -> None:
         super().__init__()
         self.negatives = check_choice("negatives", negatives, NEGATIVES)
+        _check_options(negatives, exclude, num_negatives)
+        self.exclude = exclude
+        self.num_negatives = tuple(num_negatives) if isinstance(num_negatives, Sequence) else num_negatives
 
     def loss(self, encoder: nn.Module, head: nn.Module, views: list[Tensor], y: Tensor | None,
              index: Tensor) -> Tensor:
@@ -51,4 +64,5 @@ class CPC(Method):
                              f"such as clbook.encoders.CPCEncoder; got {type(encoder).__name__}")
         z = encoder.encode(views[0])  # [B, T', D]
         predictions = head(encoder.context(z))  # [B, T', K, D]
-        return cpc_loss(predictions, z, negatives=self.negatives, gather_distributed=self.gather)
+        return cpc_loss(predictions, z, negatives=self.negatives, exclude=self.exclude,
+                        num_negatives=self.num_negatives, gather_distributed=self.gather)
