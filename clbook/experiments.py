@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
 
@@ -55,6 +56,7 @@ __all__ = [
     "reproduce",
     "format_table",
     "load_results",
+    "SAVED_REPRODUCE",
 ]
 
 # Pre-training settings live with each method's registry entry (clbook.methods.REGISTRY); these
@@ -542,12 +544,22 @@ def reproduce(quick: bool = False, progress: bool = False, split: Split | None =
     return results
 
 
-def load_results(path) -> list[Result]:
-    """The rows of a JSON file written by ``python -m clbook reproduce --json FILE``, as :class:`Result`."""
-    import json
-    from pathlib import Path
+#: The rows of a full ``python -m clbook reproduce --json`` run on the course's CPU, kept in the clone
+#: (found relative to this file, so that a notebook copied elsewhere still finds it).
+SAVED_REPRODUCE = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "reproduce.json"
 
-    rows = json.loads(Path(path).read_text())
+
+def load_results(path: str | Path = SAVED_REPRODUCE) -> list[Result]:
+    """The rows of a JSON file written by ``python -m clbook reproduce --json FILE``, as :class:`Result`.
+
+    Without ``path``, the saved run of the clone (:data:`SAVED_REPRODUCE`).
+    """
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.name}: no such file; write one with `python -m clbook reproduce --json FILE`")
+    rows = json.loads(path.read_text())
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise ValueError(f"{path}: expected a JSON list of rows, as written by `python -m clbook reproduce --json`")
     return [Result.from_row(r) for r in rows]

@@ -192,3 +192,19 @@ def test_json_rows_read_back(tmp_path):
     path.write_text('{"not": "a list"}')
     with pytest.raises(ValueError, match="JSON list of rows"):
         load_results(path)
+
+
+def test_saved_reproduce_rows_cover_every_row():
+    """The clone's saved reproduce run (read by notebooks 08 and 10) has a row for every row of reproduce."""
+    from clbook.experiments import MNIST_ROWS, SAVED_REPRODUCE, load_results
+
+    saved = load_results()
+    assert SAVED_REPRODUCE.is_file()
+    mnist = {(r.encoder, r.method) for r in saved if r.dataset == "mnist"}
+    assert set(MNIST_ROWS) <= mnist
+    for r in saved:
+        assert 0 <= r.linear_acc <= 1 and 0 <= r.knn_acc <= 1
+        if r.dataset == "mnist":
+            assert set(r.few) == {1, 10, 100}
+    with pytest.raises(FileNotFoundError, match="reproduce --json"):
+        load_results(SAVED_REPRODUCE.parent / "no_such_file.json")
