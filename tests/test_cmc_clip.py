@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from clbook.losses.multiview import view_pairs
 from clbook.methods import CLIP, CMC, METHODS, make_method
 from clbook.methods.cmc import split_last_dim
 from clbook.training import pretrain
+from conftest import REQUIRE_PEERS
 
 
 def embeddings(n: int = 6, m: int = 3, d: int = 5, seed: int = 0, dtype=torch.float64) -> list[torch.Tensor]:
@@ -205,7 +207,10 @@ def _open_clip_loss():
 def test_clip_loss_matches_open_clip_cliploss():
     ClipLoss, why = _open_clip_loss()
     if ClipLoss is None:
-        pytest.skip(f"peer open_clip_torch (ClipLoss) unavailable: {why}")
+        message = f"peer open_clip_torch (ClipLoss) unavailable: {why}"
+        if os.environ.get(REQUIRE_PEERS, "") not in ("", "0"):  # CI installs it (.ci/run): it must not vanish
+            pytest.fail(f"{message}; {REQUIRE_PEERS} is set, so a missing peer is an error", pytrace=False)
+        pytest.skip(message)
     image, text = (F.normalize(v.float(), dim=1) for v in embeddings(n=16, m=2, d=8, seed=7))
     scale = torch.tensor(1 / 0.07)
     theirs = ClipLoss()(image, text, scale)
